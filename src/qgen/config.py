@@ -1,0 +1,349 @@
+"""Specs: frozen, validated dataclasses that describe a run, and its content-hash id.
+
+A :class:`RunSpec` holds everything that changes a run's numbers (data, model, quantization,
+training). Its canonical JSON (sorted keys, no whitespace) hashed with SHA-256 is the run id,
+so the same spec always lands in the same run directory. Settings that do not change the
+numbers (paths, device, threads, logging) live in :class:`Runtime`, outside the hash.
+
+Every field is checked on construction; a bad value raises :class:`~qgen.errors.QgenError`
+naming the field and what is allowed::
+
+    >>> spec = RunSpec.from_dict({"model": {"name": "nin", "width": 2}, "train": {"lr": 0.01}})
+    >>> spec.run_id  # doctest: +SKIP
+    '3f5c0a9e1b7d2c44'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from qgen.errors import QgenError
+
+SPEC_VERSION = 1
+BITS_ALLOWED = "an integer 2..8 or 'fp'"
+
+
+def _fail(where: str, msg: str) -> None:
+    raise QgenError(f"{where}: {msg}")
+
+
+def _check_int(where: str, value: Any, lo: int | None = None, hi: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(where, f"must be an integer, got {value!r}")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        _fail(where, f"must be in {rng}, got {value}")
+
+
+def _check_float(where: str, value: Any, lo: float | None = None, hi: float | None = None,
+                 lo_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(where, f"must be a number, got {value!r}")
+    if value != value:  # NaN
+        _fail(where, "must be a number, got nan")
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        _fail(where, f"must be {'>' if lo_open else '>='} {lo}, got {value}")
+    if hi is not None and value > hi:
+        _fail(where, f"must be <= {hi}, got {value}")
+
+
+def _float_field(obj: Any, name: str, where: str, lo: float | None = None,
+                 hi: float | None = None, lo_open: bool = False) -> None:
+    """Check a float field and store it as float, so 1 and 1.0 hash the same."""
+    value = getattr(obj, name)
+    _check_float(where, value, lo, hi, lo_open)
+    object.__setattr__(obj, name, float(value))
+
+
+def _check_choice(where: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        _fail(where, f"must be one of {', '.join(choices)}; got {value!r}")
+
+
+def parse_bits(value: Any, where: str = "bits") -> int | None:
+    """Parse a bit width: 2..8, or 'fp'/None/32 for full precision (returned as None)."""
+    if value is None or (isinstance(value, str) and value.lower() in ("fp", "float", "none")):
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value == 32:
+            return None
+        if 2 <= value <= 8:
+            return value
+    raise QgenError(f"{where}: must be {BITS_ALLOWED}; got {value!r}")
+
+
+def bits_label(bits: int | None) -> str:
+    """'fp' for full precision, else the number as a string."""
+    return "fp" if bits is None else str(bits)
+
+
+class _Spec:
+    """Shared behaviour: dict round trip with unknown-field errors."""
+
+    SECTION: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if isinstance(v, _Spec):
+                v = v.to_dict()
+            elif isinstance(v, tuple):
+                v = [list(x) if isinstance(x, tuple) else x for x in v]
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Any:
+        data = dict(data or {})
+        if not isinstance(data, dict):
+            raise QgenError(f"{cls.SECTION}: must be a mapping, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise QgenError(f"{cls.SECTION}: unknown field {unknown[0]!r}; "
+                            f"allowed: {', '.join(sorted(names))}")
+        return cls(**cls._convert(data))
+
+    @classmethod
+    def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
+        return data
+
+    def replace(self, **changes: Any) -> Any:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclass(frozen=True)
+class DataSpec(_Spec):
+    """Which data, and how it is prepared.
+
+    ``train_subset`` draws a seeded subset of the training set (``subset_seed``); the paper's
+    protocol varies the training-set size. Normalization uses training-set statistics only.
+    ``channels``/``input_size`` convert grey to 3 channels and pad/resize to a model's input.
+    """
+
+    SECTION: ClassVar[str] = "data"
+
+    name: str = "fashion-mnist"
+    train_subset: int | None = None
+    test_subset: int | None = None
+    subset_seed: int = 0
+    normalize: bool = True
+    augment: bool = False
+    channels: int | None = None
+    input_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            _fail("data.name", f"must be a dataset name, got {self.name!r}")
+        for nm in ("train_subset", "test_subset", "input_size"):
+            if getattr(self, nm) is not None:
+                _check_int(f"data.{nm}", getattr(self, nm), 1)
+        _check_int("data.subset_seed", self.subset_seed, 0)
+        if self.channels is not None:
+            _check_int("data.channels", self.channels, 1, 3)
+            if self.channels == 2:
+                _fail("data.channels", "must be 1 or 3, got 2")
+        for nm in ("normalize", "augment"):
+            if not isinstance(getattr(self, nm), bool):
+                _fail(f"data.{nm}", f"must be true or false, got {getattr(self, nm)!r}")
+
+
+@dataclass(frozen=True)
+class ModelSpec(_Spec):
+    """Which network. ``depth``/``width`` mean what each model's docstring says
+    (NiN: blocks and 25·width channels; ResNet: 20/32/56/18; VGG: 11/16; ViT: blocks)."""
+
+    SECTION: ClassVar[str] = "model"
+
+    name: str = "nin"
+    depth: int = 2
+    width: int = 2
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            _fail("model.name", f"must be a model name, got {self.name!r}")
+        _check_int("model.depth", self.depth, 1, 200)
+        _check_int("model.width", self.width, 1, 64)
+        _float_field(self, "dropout", "model.dropout", 0.0, 0.95)
+
+
+@dataclass(frozen=True)
+class QuantSpec(_Spec):
+    """LSQ quantization-aware training settings (``None`` bits = full precision).
+
+    ``first_last``: '8bit' (LSQ's choice), 'fp', or 'same' for the first and last layer.
+    ``overrides``: (name pattern, w_bits, a_bits) triples; fnmatch patterns on module names.
+    ``step_weight_decay``: apply weight decay to step sizes (LSQ: no).
+    """
+
+    SECTION: ClassVar[str] = "quant"
+
+    w_bits: int | None = None
+    a_bits: int | None = None
+    granularity: str = "tensor"
+    first_last: str = "8bit"
+    overrides: tuple[tuple[str, int | None, int | None], ...] = ()
+    step_weight_decay: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> QuantSpec:
+        """Also accepts ``bits`` as shorthand for equal weight and activation bits."""
+        data = dict(data or {})
+        if "bits" in data:
+            b = data.pop("bits")
+            data.setdefault("w_bits", b)
+            data.setdefault("a_bits", b)
+        return super().from_dict(data)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "w_bits", parse_bits(self.w_bits, "quant.w_bits"))
+        object.__setattr__(self, "a_bits", parse_bits(self.a_bits, "quant.a_bits"))
+        _check_choice("quant.granularity", self.granularity, ("tensor", "channel"))
+        _check_choice("quant.first_last", self.first_last, ("8bit", "fp", "same"))
+        ov = []
+        for i, item in enumerate(self.overrides or ()):
+            ok = isinstance(item, (list, tuple)) and len(item) == 3 and isinstance(item[0], str)
+            if not ok:
+                _fail(f"quant.overrides[{i}]", "must be [name_pattern, w_bits, a_bits]")
+            ov.append((item[0], parse_bits(item[1], f"quant.overrides[{i}].w_bits"),
+                       parse_bits(item[2], f"quant.overrides[{i}].a_bits")))
+        object.__setattr__(self, "overrides", tuple(ov))
+        if not isinstance(self.step_weight_decay, bool):
+            _fail("quant.step_weight_decay", "must be true or false")
+
+    @property
+    def enabled(self) -> bool:
+        """True when any quantizer would be inserted."""
+        return (self.w_bits is not None or self.a_bits is not None
+                or any(o[1] is not None or o[2] is not None for o in self.overrides))
+
+    @property
+    def label(self) -> str:
+        """Short name of the bit setting: 'fp', 'w4a4', 'w8afp', …"""
+        if self.w_bits is None and self.a_bits is None:
+            return "fp"
+        return f"w{bits_label(self.w_bits)}a{bits_label(self.a_bits)}"
+
+
+@dataclass(frozen=True)
+class TrainSpec(_Spec):
+    """Optimizer, schedule and the stop rule (train cross-entropy <= ``target_ce``)."""
+
+    SECTION: ClassVar[str] = "train"
+
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    batch_size: int = 32
+    max_epochs: int = 20
+    target_ce: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("train.optimizer", self.optimizer, ("sgd", "adam"))
+        _float_field(self, "lr", "train.lr", 0.0, 10.0, lo_open=True)
+        _float_field(self, "momentum", "train.momentum", 0.0, 0.999)
+        _float_field(self, "weight_decay", "train.weight_decay", 0.0, 1.0)
+        _check_choice("train.schedule", self.schedule, ("constant", "cosine"))
+        _check_int("train.batch_size", self.batch_size, 1, 65536)
+        _check_int("train.max_epochs", self.max_epochs, 1, 100000)
+        _float_field(self, "target_ce", "train.target_ce", 0.0, 10.0)
+        _check_int("train.seed", self.seed, 0, 2**31 - 1)
+
+
+@dataclass(frozen=True)
+class RunSpec(_Spec):
+    """Everything that determines a run's numbers; its hash is the run id."""
+
+    SECTION: ClassVar[str] = "spec"
+
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    quant: QuantSpec = field(default_factory=QuantSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+
+    @classmethod
+    def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
+        sections = {"data": DataSpec, "model": ModelSpec, "quant": QuantSpec, "train": TrainSpec}
+        out = {}
+        for key, sec in sections.items():
+            val = data.get(key)
+            if val is not None and not isinstance(val, (Mapping, sec)):
+                raise QgenError(f"{key}: must be a mapping, got {type(val).__name__}")
+            out[key] = val if isinstance(val, sec) else sec.from_dict(val)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["spec_version"] = SPEC_VERSION
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> RunSpec:
+        data = dict(data or {})
+        version = data.pop("spec_version", SPEC_VERSION)
+        if version != SPEC_VERSION:
+            raise QgenError(f"spec_version: this qgen reads version {SPEC_VERSION}, got {version}")
+        return super().from_dict(data)
+
+    def canonical_json(self) -> str:
+        """Sorted-key, whitespace-free JSON: the bytes the run id hashes."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def run_id(self) -> str:
+        """First 16 hex digits of SHA-256 of the canonical JSON."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+    def validate_names(self) -> None:
+        """Check the dataset and model names against the registries."""
+        from qgen.data import dataset_names
+        from qgen.models import model_names
+
+        if self.data.name not in dataset_names():
+            raise QgenError(f"data.name: unknown dataset {self.data.name!r}; "
+                            f"allowed: {', '.join(dataset_names())}")
+        if self.model.name not in model_names():
+            raise QgenError(f"model.name: unknown model {self.model.name!r}; "
+                            f"allowed: {', '.join(model_names())}")
+
+
+def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree['a']['b'] = value`` for ``dotted='a.b'``, checking that the field exists."""
+    section, _, name = dotted.partition(".")
+    sections = {"data": DataSpec, "model": ModelSpec, "quant": QuantSpec, "train": TrainSpec}
+    if section not in sections or not name:
+        raise QgenError(f"unknown spec field {dotted!r}; fields look like "
+                        f"section.name with section one of {', '.join(sections)}")
+    allowed = {f.name for f in fields(sections[section])}
+    if section == "quant":
+        allowed.add("bits")
+    if name not in allowed:
+        raise QgenError(f"unknown spec field {dotted!r}; allowed in {section}: "
+                        f"{', '.join(sorted(allowed))}")
+    tree.setdefault(section, {})[name] = value
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Settings that do not change a run's numbers: not hashed."""
+
+    out_dir: Path = Path("runs")
+    data_dir: Path | None = None
+    device: str = "cpu"
+    threads: int | None = None
+    quiet: bool = False
+    download: bool = False
+    force: bool = False

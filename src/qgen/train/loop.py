@@ -1,0 +1,146 @@
+"""The training loop and the stop rule of the generalization-measure protocol.
+
+Jiang et al. (2020) and Dziugaite et al. (2020) train every network until its training
+cross-entropy reaches a target (0.01), so that models are compared at the same fit. We check
+the cross-entropy on the full training set (eval mode) at the end of an epoch once the
+epoch's mean minibatch loss is near the target, and every quarter epoch once a check came
+within twice the target; a run also stops at ``max_epochs`` or when the loss stops being
+finite ('diverged': a result, not a crash).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qgen.config import QuantSpec, TrainSpec
+from qgen.data import TensorLoader
+from qgen.train.evaluate import evaluate
+
+#: an epoch's mean minibatch loss below NEAR_FACTOR × target triggers a full-train check
+NEAR_FACTOR = 5.0
+#: a check below CLOSE_FACTOR × target makes the next checks four per epoch
+CLOSE_FACTOR = 2.0
+CHECKS_PER_EPOCH_WHEN_CLOSE = 4
+
+
+@dataclass
+class TrainOutcome:
+    """How training ended, and what it went through."""
+
+    status: str  # 'converged' | 'max_epochs' | 'diverged'
+    epochs: float  # fractional when stopped inside an epoch
+    steps: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+
+def make_optimizer(model: nn.Module, spec: TrainSpec,
+                   quant: QuantSpec | None = None) -> torch.optim.Optimizer:
+    """SGD with momentum or Adam over the model's parameters.
+
+    With quantizers in the model, step sizes get their own group without weight decay
+    unless ``quant.step_weight_decay`` (LSQ does not decay step sizes).
+    """
+    if quant is not None and quant.enabled:
+        from qgen.quant import param_groups
+
+        groups = param_groups(model, spec.weight_decay, quant.step_weight_decay)
+    else:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad],
+                   "weight_decay": spec.weight_decay}]
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum)
+    return torch.optim.Adam(groups, lr=spec.lr)
+
+
+def _lr_at(spec: TrainSpec, step: int, total: int) -> float:
+    if spec.schedule == "cosine":
+        return 0.5 * spec.lr * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+    return spec.lr
+
+
+def train_model(
+    model: nn.Module,
+    train_x: Tensor,
+    train_y: Tensor,
+    spec: TrainSpec,
+    *,
+    quant: QuantSpec | None = None,
+    device: str | torch.device = "cpu",
+    augment: bool = False,
+    on_step: Callable[[int, int, float], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainOutcome:
+    """Train ``model`` in place until the stop rule fires.
+
+    ``on_step(step_in_epoch, steps_per_epoch, loss)`` and ``on_epoch(record)`` report progress.
+    The batch order and augmentation are drawn from ``spec.seed``, so a run is reproducible.
+    """
+    model.to(device)
+    loader = TensorLoader(train_x, train_y, spec.batch_size, shuffle=True, augment=augment,
+                          seed=spec.seed, device=device)
+    steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * spec.max_epochs
+    optimizer = make_optimizer(model, spec, quant)
+    outcome = TrainOutcome(status="max_epochs", epochs=0, steps=0)
+    close = False
+    check_every = max(1, steps_per_epoch // CHECKS_PER_EPOCH_WHEN_CLOSE)
+
+    def check(epoch_pos: float) -> bool:
+        nonlocal close
+        ce = evaluate(model, train_x, train_y).loss
+        model.train()
+        outcome.checks.append({"epoch": round(epoch_pos, 4), "step": outcome.steps, "train_ce": ce})
+        close = ce <= CLOSE_FACTOR * spec.target_ce
+        return ce <= spec.target_ce
+
+    for epoch in range(spec.max_epochs):
+        model.train()
+        loss_sum, n_batches = 0.0, 0
+        for i, (xb, yb) in enumerate(loader):
+            if len(yb) < 2:
+                # a trailing batch of one breaks BatchNorm in training mode on 1x1 maps
+                continue
+            lr = _lr_at(spec, outcome.steps, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = F.cross_entropy(model(xb), yb)
+            if not torch.isfinite(loss):
+                outcome.status = "diverged"
+                outcome.epochs = epoch + i / steps_per_epoch
+                outcome.history.append({"epoch": epoch + 1, "diverged_at_step": outcome.steps})
+                return outcome
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            outcome.steps += 1
+            loss_sum += loss.item()
+            n_batches += 1
+            if on_step is not None:
+                on_step(i + 1, steps_per_epoch, loss.item())
+            if close and (i + 1) % check_every == 0 and i + 1 < steps_per_epoch:
+                if check(epoch + (i + 1) / steps_per_epoch):
+                    outcome.status = "converged"
+                    outcome.epochs = epoch + (i + 1) / steps_per_epoch
+                    return outcome
+        mean_loss = loss_sum / max(n_batches, 1)
+        record: dict[str, Any] = {"epoch": epoch + 1, "mean_batch_ce": mean_loss, "lr": lr}
+        converged = False
+        if close or mean_loss <= NEAR_FACTOR * spec.target_ce:
+            converged = check(epoch + 1)
+            record["train_ce"] = outcome.checks[-1]["train_ce"]
+        outcome.history.append(record)
+        outcome.epochs = epoch + 1
+        if on_epoch is not None:
+            on_epoch(record)
+        if converged:
+            outcome.status = "converged"
+            return outcome
+    return outcome
