@@ -193,11 +193,7 @@ def load_run_model(run_dir: str | Path, which: str = "final", info: DatasetInfo 
         raise QgenError(f"which: must be 'final' or 'init', got {which!r}")
     spec = load_spec(run_dir)
     if info is None:
-        d = load_result(run_dir)["data"]
-        info = DatasetInfo(name=d["name"], num_classes=d["num_classes"], channels=d["channels"],
-                           size=d["size"], mean=tuple(d["mean"]), std=tuple(d["std"]),
-                           train_size=d["train_size"], test_size=d["test_size"],
-                           source=d["source"])
+        info = _info_from_result(load_result(run_dir))
     model = build_for_spec(spec, info)
     state = load_tensors(run_dir / (MODEL_FILE if which == "final" else INIT_FILE))
     try:
@@ -205,3 +201,58 @@ def load_run_model(run_dir: str | Path, which: str = "final", info: DatasetInfo 
     except RuntimeError as exc:
         raise QgenError(f"{run_dir}: weights do not match the spec's model ({exc})") from exc
     return model.to(device).eval()
+
+
+EXPORT_FILE = "model.int.safetensors"
+
+
+def _info_from_result(result: dict[str, Any]) -> DatasetInfo:
+    d = result["data"]
+    return DatasetInfo(name=d["name"], num_classes=d["num_classes"], channels=d["channels"],
+                       size=d["size"], mean=tuple(d["mean"]), std=tuple(d["std"]),
+                       train_size=d["train_size"], test_size=d["test_size"], source=d["source"])
+
+
+def export_run(run_dir: str | Path, path: str | Path | None = None) -> Path:
+    """Export a quantized run as integer weights + step sizes (``qgen.quant`` format).
+
+    The file also carries the run spec and the dataset's shape, so :func:`load_export`
+    rebuilds the model from the file alone. Returns the path written (default
+    ``<run_dir>/model.int.safetensors``).
+    """
+    import json
+
+    from qgen.quant import export_quantized
+
+    run_dir = Path(run_dir)
+    spec = load_spec(run_dir)
+    if not spec.quant.enabled:
+        raise QgenError(f"{run_dir}: a full-precision run has no integer weights to export")
+    result = load_result(run_dir)
+    model = load_run_model(run_dir, info=_info_from_result(result))
+    path = Path(path) if path is not None else run_dir / EXPORT_FILE
+    export_quantized(model, path, {"run_spec": spec.canonical_json(),
+                                   "run_data": json.dumps(result["data"], sort_keys=True)})
+    return path
+
+
+def load_export(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model of an :func:`export_run` file (no run directory needed)."""
+    import json
+
+    from safetensors import safe_open
+
+    from qgen.quant import load_quantized
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+    except Exception as exc:  # safetensors raises several types for a damaged header
+        raise QgenError(f"{path}: corrupt or unreadable safetensors file ({exc})") from exc
+    if "run_spec" not in meta or "run_data" not in meta:
+        raise QgenError(f"{path}: not a qgen run export (no run_spec/run_data metadata)")
+    spec = RunSpec.from_dict(json.loads(meta["run_spec"]))
+    info = _info_from_result({"data": json.loads(meta["run_data"])})
+    model = build_for_spec(spec, info)
+    return load_quantized(path, model).to(device).eval()
