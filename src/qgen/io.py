@@ -147,3 +147,19 @@ def check_writable_dir(path: str | Path) -> Path:
         raise QgenError(f"output directory {path} is not writable ({exc.strerror}); "
                         "choose a directory you can write to with --out") from exc
     return path
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file safely (no object construction); problems become a QgenError."""
+    import yaml
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise QgenError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise QgenError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        first = " ".join(str(exc).split())
+        raise QgenError(f"{path}: not valid YAML ({first})") from None

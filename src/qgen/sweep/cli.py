@@ -1,0 +1,314 @@
+"""Command line for sweeps: ``qgen sweep plan|run|status`` and ``qgen collect``.
+
+:data:`sweep_app` is a typer sub-app mounted as ``qgen sweep``; :func:`collect_command` is
+mounted as ``qgen collect``. The module also runs on its own with the same command names
+(``python -m qgen.sweep.cli sweep run demo --out runs/demo``). Heavy imports (torch, pandas,
+Ray) happen inside the commands so that ``qgen --help`` stays fast.
+
+Exit codes: 0 done; 1 the sweep ran to the end but some planned runs have failed (their
+``error.json`` says why); 2 bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from qgen.cliutil import console, err_console, user_errors
+from qgen.errors import QgenError
+
+sweep_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                        help="Plan, run and follow sweeps of many runs (grids over spec fields).")
+
+
+def _fmt_value(value: Any) -> str:
+    """An axis value for a table cell ('fp' for a null bit width), markup escaped."""
+    return "fp" if value is None else escape(str(value))
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+@sweep_app.command("plan")
+def plan_command(
+    sweep: str = typer.Argument(..., help="Sweep YAML file, or a preset name (demo, …)."),
+    show: int = typer.Option(5, min=0, help="How many runs to list as examples."),
+) -> None:
+    """Validate a sweep and show its runs: count, axes, duplicates and example specs."""
+    from qgen.sweep.plan import expand, load_sweep
+
+    with user_errors():
+        sw = load_sweep(sweep)
+        plan = expand(sw)
+        console.print(f"sweep [bold]{escape(sw.name)}[/] ({escape(sw.source)}): "
+                      f"[bold]{len(plan.specs)}[/] runs"
+                      + (f" — {escape(sw.description)}" if sw.description else ""),
+                      highlight=False)
+        axes = dict(sw.axes)
+        if sw.seeds is not None:
+            axes["train.seed"] = sw.seeds
+        table = Table(title="axes", title_justify="left")
+        table.add_column("field")
+        table.add_column("values")
+        table.add_column("n", justify="right")
+        for key, values in axes.items():
+            table.add_row(key, ", ".join(_fmt_value(v) for v in values), str(len(values)))
+        console.print(table)
+        dup = len(plan.duplicates)
+        console.print(f"grid: {plan.grid_size} points → {len(plan.specs)} distinct runs"
+                      + (f"; {dup} point{'s' if dup != 1 else ''} repeat a run (same run id) "
+                         "and are counted once" if dup else ""), highlight=False)
+        for rid, point in plan.duplicates[:show]:
+            console.print(f"  duplicate of {rid}: {point}", highlight=False, markup=False)
+        if show:
+            ex = Table(title=f"first {min(show, len(plan.specs))} runs", title_justify="left")
+            ex.add_column("run id", no_wrap=True, min_width=16)
+            for key in axes:
+                ex.add_column(key)
+            for spec, point in list(zip(plan.specs, plan.points, strict=True))[:show]:
+                ex.add_row(spec.run_id, *(_fmt_value(point[k]) for k in axes))
+            console.print(ex)
+            console.print("first run's spec:")
+            console.print_json(json.dumps(plan.specs[0].to_dict()))
+
+
+def _executor(name: str, workers: int, threads: int | None, address: str | None,
+              device: str, gpus: str | None, gpus_per_run: float | None,
+              max_retries: int | None, quiet: bool) -> Any:
+    from qgen.sweep.executors import LocalExecutor, RayExecutor
+
+    gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
+    if name == "local":
+        if address:
+            raise QgenError("--address: only for --executor ray")
+        return LocalExecutor(workers=workers, threads=threads, gpus=gpu_list,
+                             max_retries=1 if max_retries is None else max_retries)
+    if name == "ray":
+        if gpus:
+            raise QgenError("--gpus: not for --executor ray (Ray assigns GPUs); "
+                            "use --gpus-per-run")
+        if gpus_per_run is None:
+            gpus_per_run = 1.0 if device.startswith("cuda") else 0.0
+        return RayExecutor(address=address, workers=workers, threads=threads,
+                           gpus_per_run=gpus_per_run,
+                           max_retries=2 if max_retries is None else max_retries, quiet=quiet)
+    raise QgenError(f"--executor: must be local or ray, got {name!r}")
+
+
+@sweep_app.command("run")
+def run_command(
+    sweep: str = typer.Argument(..., help="Sweep YAML file, or a preset name (demo, …)."),
+    out: Path = typer.Option(Path("runs"), "--out", "-o", help="Run store directory."),
+    executor: str = typer.Option("local", help="local (worker processes) or ray."),
+    workers: int = typer.Option(1, help="Runs at once (local: worker processes; ray: "
+                                       "concurrent tasks on a local cluster)."),
+    threads: int | None = typer.Option(None, help="torch threads per run (default: "
+                                                     "cores / workers)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed",
+                                      help="Run again the runs that failed before."),
+    address: str | None = typer.Option(None, help="Ray cluster address (e.g. auto or "
+                                                     "host:6379); default: a local cluster."),
+    data_dir: Path | None = typer.Option(None, help="Where the dataset files are (the same "
+                                                       "path on every Ray node)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    gpus: str | None = typer.Option(None, help="local: GPU ids to hand out round-robin to "
+                                                  "workers, e.g. 0,1 (default: all)."),
+    gpus_per_run: float | None = typer.Option(None, help="ray: GPUs per run, fractional "
+                                                            "to share one (default 1 on cuda)."),
+    max_retries: int | None = typer.Option(None, min=0, help="Retries after a worker "
+                                              "crash (default: local 1, ray 2)."),
+    download: bool = typer.Option(False, help="Download a missing dataset (online only)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Run every run of a sweep that has no result yet in --out (rerun to resume)."""
+    from qgen.config import Runtime
+    from qgen.sweep.plan import expand, load_sweep
+
+    with user_errors():
+        if device != "cpu" and not device.startswith("cuda"):
+            raise QgenError(f"--device: must be cpu or cuda, got {device!r}")
+        sw = load_sweep(sweep)
+        plan = expand(sw)
+        ex = _executor(executor, workers, threads, address, device, gpus, gpus_per_run,
+                       max_retries, quiet)
+        runtime = Runtime(out_dir=out, data_dir=data_dir, device=device, quiet=True,
+                          download=download)
+        report = run_with_progress(plan, runtime, ex, retry_failed=retry_failed,
+                                   check_data=address is None, quiet=quiet)
+        print_report(report, quiet)
+        if report.failed or report.skipped_failed:
+            raise typer.Exit(1)
+
+
+def run_with_progress(plan: Any, runtime: Any, ex: Any, *, retry_failed: bool = False,
+                      check_data: bool = True, quiet: bool = False) -> Any:
+    """Run a planned sweep with a live progress bar (none with ``quiet``); return its report."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from qgen.sweep.runner import run_sweep
+
+    name = plan.sweep.name
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=err_console, disable=quiet,
+                        transient=False)
+    state: dict[str, Any] = {}
+
+    def on_start(to_run: int, done: int) -> None:
+        state["task"] = progress.add_task(f"sweep {name}", total=to_run,
+                                          info=f"{done} already done")
+
+    def on_done(outcome: Any) -> None:
+        progress.update(state["task"], advance=1, info=f"{outcome.run_id} {outcome.status}")
+
+    if not quiet:
+        err_console.print(f"sweep {name}: {len(plan.specs)} runs → {runtime.out_dir} "
+                          f"({ex.name}, {ex.concurrency} × {ex.threads} threads, "
+                          f"{runtime.device})", highlight=False, markup=False)
+    with progress:
+        return run_sweep(plan, runtime, ex, retry_failed=retry_failed, check_data=check_data,
+                         on_start=on_start, on_done=on_done)
+
+
+def print_report(report: Any, quiet: bool) -> None:
+    """One line on what a sweep did, then its failures."""
+    ran = report.ran - len(report.failed)
+    line = (f"{report.planned} planned: {report.already_done} already done, ran {report.ran} "
+            f"({ran} finished: {report.converged} converged, {report.max_epochs} max_epochs, "
+            f"{report.diverged} diverged; {len(report.failed)} failed)")
+    if report.skipped_failed:
+        line += (f"; {len(report.skipped_failed)} failed before and skipped "
+                 "(--retry-failed runs them again)")
+    console.print(line, highlight=False, markup=False)
+    if report.duplicates and not quiet:
+        console.print(f"{report.duplicates} grid points repeated a run and were counted once",
+                      highlight=False, markup=False)
+    for rid, message in report.failed[:10]:
+        first = message.splitlines()[0] if message else ""
+        console.print(f"  failed {rid}: {first} (see {report.out_dir / rid / 'error.json'})",
+                      highlight=False, soft_wrap=True, markup=False)
+    if len(report.failed) > 10:
+        console.print(f"  … and {len(report.failed) - 10} more", highlight=False, markup=False)
+
+
+@sweep_app.command("measure")
+def measure_store_command(
+    out: Path = typer.Argument(..., help="Run store directory of a sweep."),
+    measures: str | None = typer.Option(None, "--measures", "-m",
+                                        help="Comma list of names or patterns (default: all)."),
+    preset: str = typer.Option("default", help="default, dziugaite2020 or jiang2020."),
+    settings: list[str] | None = typer.Option(None, "--set", help="name=value; repeatable."),
+    data_dir: Path | None = typer.Option(None, help="Where the datasets are."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    threads: int | None = typer.Option(None, help="torch threads."),
+    force: bool = typer.Option(False, help="Recompute, replacing stored measures."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Measure every finished run of a store (resumable post-pass; diverged runs skipped)."""
+    import torch
+
+    from qgen.measures.cli import measure_with_progress, parse_measure_spec
+    from qgen.sweep.store import store_lock
+
+    with user_errors():
+        if not out.is_dir():
+            raise QgenError(f"{out}: no such run store")
+        if threads:
+            torch.set_num_threads(threads)
+        spec = parse_measure_spec(preset, measures, settings)
+        dirs = sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
+        with store_lock(out):
+            records = measure_with_progress(dirs, spec, data_dir=data_dir, device=device,
+                                            force=force, quiet=quiet)
+        console.print(f"{len(records)} runs measured in {out}", highlight=False)
+
+
+@sweep_app.command("status")
+def status_command(
+    out: Path = typer.Argument(..., help="Run store directory of a sweep."),
+) -> None:
+    """Done / failed / diverged / pending counts of a store, and an ETA while it runs."""
+    from qgen.sweep.store import store_status
+
+    with user_errors():
+        st = store_status(out)
+        name = (st.manifest or {}).get("name", "?")
+        table = Table(title=f"sweep {name} in {out}", title_justify="left")
+        table.add_column("runs")
+        table.add_column("count", justify="right")
+        if st.planned is not None:
+            table.add_row("planned", str(st.planned))
+        table.add_row("done", str(st.done))
+        table.add_row("  converged", str(st.converged))
+        table.add_row("  max_epochs", str(st.max_epochs))
+        table.add_row("  diverged", str(st.diverged))
+        table.add_row("failed", str(st.failed))
+        table.add_row("pending", "?" if st.pending is None else str(st.pending))
+        if st.extra:
+            table.add_row("not in sweep.json", str(st.extra))
+        console.print(table)
+        if st.planned is None:
+            console.print("no sweep.json here: pending runs are unknown", highlight=False)
+        if st.running:
+            console.print(f"running ({st.running}); ETA {_duration(st.eta_s)}",
+                          highlight=False, markup=False)
+        elif st.manifest and st.pending:
+            console.print("not running; `qgen sweep run` with the same sweep finishes it",
+                          highlight=False, markup=False)
+        if st.failed_ids:
+            console.print(f"failed runs: {', '.join(st.failed_ids[:5])}"
+                          + (" …" if len(st.failed_ids) > 5 else "")
+                          + " (error.json in each)", highlight=False, markup=False)
+
+
+def collect_command(
+    out: Path = typer.Argument(..., help="Run store directory."),
+    output: Path = typer.Option(Path("results.parquet"), "--output", "-o",
+                                help="Table to write: .parquet or .csv."),
+) -> None:
+    """One tidy row per run (hp.*, gen.*, measure.*, robust.*) as Parquet or CSV."""
+    from qgen.sweep.results import collect, summarize, write_table
+
+    with user_errors():
+        if output.suffix.lower() not in (".parquet", ".csv"):
+            raise QgenError(f"--output: {output} must end in .parquet or .csv")
+        df = collect(out)
+        write_table(df, output)
+        counts = ", ".join(f"{v} {k}" for k, v in summarize(df).items()) or "no runs"
+        console.print(f"wrote {len(df)} rows × {len(df.columns)} columns ({counts}) to {output}",
+                      highlight=False, markup=False)
+
+
+#: standalone app with the same command names as the mounted ones
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="qgen sweep commands (mounted in `qgen` as `qgen sweep` / `qgen collect`).")
+app.add_typer(sweep_app, name="sweep")
+app.command("collect")(collect_command)
+
+
+def main() -> None:
+    """Entry point of ``python -m qgen.sweep.cli``."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
