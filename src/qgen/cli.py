@@ -5,53 +5,25 @@ Every user error (:class:`~qgen.errors.QgenError`) ends as one line on stderr an
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from qgen.cliutil import console, make_progress, user_errors
 from qgen.config import RunSpec, Runtime, parse_bits, set_path
 from qgen.errors import QgenError
+from qgen.io import read_yaml
+from qgen.measures.cli import measure_command
+from qgen.sweep.cli import collect_command, sweep_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="qgen: how quantization-aware training changes generalization.")
-console = Console()
-err_console = Console(stderr=True)
-
-
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn a QgenError into one line on stderr and exit code 2."""
-    try:
-        yield
-    except QgenError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-
-
-def read_yaml(path: Path) -> Any:
-    """Parse a YAML file, turning every problem into a QgenError."""
-    import yaml
-
-    try:
-        return yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise QgenError(f"{path}: file not found") from None
-    except yaml.YAMLError as exc:
-        raise QgenError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-
-
-def make_progress(quiet: bool) -> Progress:
-    """A rich progress bar (disabled with --quiet)."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                    console=err_console, disable=quiet, transient=True)
+app.add_typer(sweep_app, name="sweep")
+app.command("collect")(collect_command)
+app.command("measure")(measure_command)
 
 
 def train_one(spec: RunSpec, runtime: Runtime, label: str = "") -> dict[str, Any]:
@@ -161,6 +133,19 @@ def train(
 
 
 @app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A quantized run directory (runs/<id>)."),
+    out: Path | None = typer.Option(None, "--out", "-o",
+                                    help="File to write (default RUN_DIR/model.int.safetensors)."),
+) -> None:
+    """Export a QAT run as int8 weight codes + step sizes (safetensors)."""
+    from qgen.train import export_run
+
+    with user_errors():
+        console.print(str(export_run(run_dir, out)), highlight=False)
+
+
+@app.command()
 def datasets(
     data_dir: Path | None = typer.Option(None, help="Where to look for dataset files."),
 ) -> None:
@@ -182,20 +167,44 @@ def datasets(
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Run store directory."),
     data_dir: Path | None = typer.Option(None, help="Where Fashion-MNIST is."),
-    threads: int | None = typer.Option(None, help="torch threads."),
+    threads: int | None = typer.Option(None, help="torch threads (default: all cores)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """The main job: a small real study on Fashion-MNIST, printed as a table."""
-    from qgen.demo import demo_specs
+    """The main job: a small real study on Fashion-MNIST (fp, 8, 4, 2 bits), as a table."""
+    from qgen.demo import run_demo
 
     with user_errors():
-        runtime = Runtime(out_dir=out, data_dir=data_dir, threads=threads, quiet=quiet)
-        rows = []
-        specs = demo_specs()
-        for i, (label, spec) in enumerate(specs):
-            rows.append((label, train_one(spec, runtime, f"[{i + 1}/{len(specs)}] {label}: ")))
-        console.print(results_table(rows, "qgen demo: NiN on a Fashion-MNIST subset"))
-        console.print(f"runs are in {out}/")
+        df = run_demo(out, data_dir=data_dir, threads=threads, quiet=quiet)
+        console.print(demo_table(df))
+        console.print(f"runs and results.parquet/.csv are in {out}/", highlight=False)
+
+
+def demo_table(df: Any) -> Table:
+    """Per bit width: train/test loss and accuracy, both gaps, and any flatness measures."""
+    table = Table(title="qgen demo: NiN 2x2 on a Fashion-MNIST subset")
+    cols = [("bits", "hp.quant.label", "{}"), ("status", "status", "{}"),
+            ("epochs", "gen.epochs", "{:.1f}"), ("train loss", "gen.train_loss", "{:.3f}"),
+            ("test loss", "gen.test_loss", "{:.3f}"), ("loss gap", "gen.loss_gap", "{:.3f}"),
+            ("train acc", "gen.train_accuracy", "{:.1%}"),
+            ("test acc", "gen.test_accuracy", "{:.1%}"), ("acc gap", "gen.acc_gap", "{:.1%}")]
+    cols += [(c.removeprefix("measure."), c, "{:.3g}") for c in DEMO_MEASURE_COLUMNS
+             if c in df.columns]
+    for name, _, _ in cols:
+        table.add_column(name, justify="left" if name in ("bits", "status") else "right")
+    for _, row in df.iterrows():
+        cells = []
+        for _, col, fmt in cols:
+            v = row.get(col)
+            try:
+                cells.append(fmt.format(v))
+            except (TypeError, ValueError):
+                cells.append(str(v))
+        table.add_row(*cells)
+    return table
+
+
+DEMO_MEASURE_COLUMNS = ("measure.pacbayes.flatness", "measure.pacbayes.mag.flatness",
+                        "measure.sharpness.flatness", "measure.sharpness.mag.flatness")
 
 
 def main() -> None:

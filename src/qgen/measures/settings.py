@@ -1,0 +1,218 @@
+"""MeasureSpec: every choice that changes a generalization measure's number, validated.
+
+measures.md lists the choices (Gaussian parameterization, magnitude-aware noise, perturbed
+set, BatchNorm handling, search target, Monte-Carlo draws, sharpness set and ascent,
+evaluation data, bisection, quantized-model mode). A :class:`MeasureSpec` holds all of them;
+its ``to_dict()`` is stored beside every measured value, so two numbers are only compared when
+they were computed the same way.
+
+Two presets::
+
+    >>> MeasureSpec.preset("default").gauss_std
+    'sigma'
+    >>> MeasureSpec.preset("dziugaite2020", mc_draws=5).gauss_std
+    'sigma_squared'
+
+``from_dict`` accepts a ``preset`` key, applied before the other keys::
+
+    >>> MeasureSpec.from_dict({"preset": "dziugaite2020", "eval_subset": None}).eval_subset
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+from qgen.config import _check_choice, _check_int, _fail, _float_field, _Spec
+from qgen.errors import QgenError
+
+PRESETS = ("default", "dziugaite2020", "jiang2020")
+
+# What each preset changes relative to the dataclass defaults (which are measures.md's).
+_PRESET_FIELDS: dict[str, dict[str, Any]] = {
+    "default": {},
+    # The public code of Dziugaite et al. 2020 (nitarshan/robust-generalization-measures):
+    # sigma^2 passed as the std, sigma^2 w^2 + eps^2 passed as the std, every parameter
+    # perturbed, BN folded into the convolutions first (its `_reparam`), and (w - w0)^2 in the
+    # magnitude-aware "orig" denominator. We keep our seeded train subset (the public code
+    # evaluates the full train set each draw; pass eval_subset=None for that) and our
+    # saturation flag; the returned sigma is the bracket midpoint when unconverged (the
+    # public code returns the last midpoint: the two differ by < 2/2**16 after 15 steps).
+    "dziugaite2020": {
+        "gauss_std": "sigma_squared",
+        "mag_noise": "std",
+        "params": "all",
+        "bn": "fold",
+        "mag_orig_denominator": "w_minus_w0",
+    },
+    # Jiang et al. 2020's search settings: bisection on [0, 5], 20 steps, stop once the
+    # bracket is narrower than 5e-3.
+    "jiang2020": {"bisect_hi": 5.0, "bisect_steps": 20, "bisect_min_width": 5e-3},
+}
+
+
+def _check_names(names: tuple[str, ...]) -> None:
+    # Imported here: the registry imports this module (for MeasureSpec) at its top.
+    from qgen.measures.registry import measure_names
+
+    known = measure_names()
+    for pattern in names:
+        if not isinstance(pattern, str) or not fnmatch.filter(known, pattern):
+            _fail("measures.names", f"{pattern!r} matches no measure; allowed: "
+                  f"{', '.join(known)} (shell patterns such as 'pacbayes.*' work)")
+
+
+@dataclass(frozen=True)
+class MeasureSpec(_Spec):
+    """All settings of the generalization measures (measures.md's table of choices).
+
+    Field groups (measures.md row in brackets):
+
+    - ``names``: measures to compute, exact names or shell patterns; empty = all registered.
+    - ``seed``: seeds the eval subset and every search (each search derives its own stream).
+    - ``eval_subset`` [9]: size of the seeded train subset every evaluation uses
+      (``None`` = the full train set); ``eval_batch``: forward batch size (speed only).
+    - ``target`` [5]: 'accuracy' (train-accuracy deviation) or 'loss' (train cross-entropy
+      deviation); ``target_deviation`` and ``target_tolerance`` (0.1 ± 0.01).
+    - ``gauss_std`` [1]: Gaussian noise std is 'sigma' or 'sigma_squared' (the public code).
+    - ``mag_noise`` [2]: magnitude-aware noise sigma^2 w^2 + eps^2 is the 'variance' or the
+      'std' (the public code); ``mag_eps`` is eps, the floor that lets zero weights move.
+    - ``params`` [3]: perturbed (and counted) set: 'weights' (conv/linear weight tensors) or
+      'all' parameters (quantizer step sizes never: they stay frozen).
+    - ``bn`` [4]: 'eval' (BatchNorm unfolded, running statistics) or 'fold' (into the
+      preceding conv/linear before anything is measured).
+    - ``quant_mode`` [14]: 'latent' (perturb the float latent weights, quantizers active,
+      step sizes frozen) or 'dequantized' (perturb the dequantized weights, weight quantizers
+      bypassed; activation quantizers stay active).
+    - ``mc_draws`` [6]: Monte-Carlo draws per sigma (their mean is compared with the target).
+    - ``sharpness_set`` [7]: 'box' (|u_i| <= r_i) or 'l2' (||u / r||_2 <= 1), with
+      r_i = alpha (plain) or alpha |w_i| + eps (magnitude-aware).
+    - ``ascent_*`` [8]: projected (sign-)gradient ascent on the train cross-entropy:
+      steps, random restarts (the worst is kept), step size as a fraction of the radius,
+      minibatch size (batches cycle through the eval subset).
+    - ``bisect_*`` [10]: initial bracket, maximum steps, and an optional stop once the
+      bracket is narrower than ``bisect_min_width`` (0 = off).
+    - ``delta``: the confidence parameter in the magnitude-aware sharpness bound.
+    - ``mag_orig_denominator``: 'w' (w_i^2, measures.md) or 'w_minus_w0' (the public code).
+    - ``hessian_samples`` / ``power_iters`` / ``hessian_batch``: Hutchinson probes, power
+      iterations and the size of the seeded batch the curvature is computed on.
+    - ``early_stop``: stop drawing (PAC-Bayes draws, sharpness restarts) once the bisection's
+      decision at this scale is certain whatever the remaining draws give. The decisions,
+      hence the searched value, are those of the full computation; the trace then holds the
+      draws actually made. Off: every draw is made.
+    - ``preset_name``: the preset these settings started from (a label; the fields above
+      are what counts).
+    """
+
+    SECTION: ClassVar[str] = "measures"
+
+    names: tuple[str, ...] = ()
+    seed: int = 0
+    eval_subset: int | None = 2000
+    eval_batch: int = 256
+    target: str = "accuracy"
+    target_deviation: float = 0.1
+    target_tolerance: float = 0.01
+    gauss_std: str = "sigma"
+    mag_noise: str = "variance"
+    mag_eps: float = 1e-3
+    params: str = "weights"
+    bn: str = "eval"
+    quant_mode: str = "latent"
+    mc_draws: int = 10
+    sharpness_set: str = "box"
+    ascent_steps: int = 20
+    ascent_restarts: int = 2
+    ascent_lr: float = 0.1
+    ascent_batch: int = 128
+    bisect_lo: float = 0.0
+    bisect_hi: float = 2.0
+    bisect_steps: int = 15
+    bisect_min_width: float = 0.0
+    delta: float = 0.1
+    mag_orig_denominator: str = "w"
+    hessian_samples: int = 20
+    power_iters: int = 20
+    hessian_batch: int = 512
+    early_stop: bool = True
+    preset_name: str = "default"
+
+    def __post_init__(self) -> None:
+        w = "measures."
+        names = self.names
+        if isinstance(names, str):
+            names = (names,)
+        if not isinstance(names, (list, tuple)):
+            _fail(w + "names", f"must be a list of measure names, got {names!r}")
+        object.__setattr__(self, "names", tuple(names))
+        _check_names(self.names)
+        _check_int(w + "seed", self.seed, 0, 2**31 - 1)
+        if self.eval_subset is not None:
+            _check_int(w + "eval_subset", self.eval_subset, 1)
+        _check_int(w + "eval_batch", self.eval_batch, 1, 1 << 20)
+        _check_choice(w + "target", self.target, ("accuracy", "loss"))
+        _float_field(self, "target_deviation", w + "target_deviation", 0.0, 10.0, lo_open=True)
+        _float_field(self, "target_tolerance", w + "target_tolerance", 0.0, 10.0, lo_open=True)
+        if self.target_tolerance >= self.target_deviation:
+            _fail(w + "target_tolerance", f"must be < target_deviation "
+                  f"({self.target_deviation}), got {self.target_tolerance}")
+        _check_choice(w + "gauss_std", self.gauss_std, ("sigma", "sigma_squared"))
+        _check_choice(w + "mag_noise", self.mag_noise, ("variance", "std"))
+        _float_field(self, "mag_eps", w + "mag_eps", 0.0, 1.0)
+        _check_choice(w + "params", self.params, ("weights", "all"))
+        _check_choice(w + "bn", self.bn, ("eval", "fold"))
+        _check_choice(w + "quant_mode", self.quant_mode, ("latent", "dequantized"))
+        _check_int(w + "mc_draws", self.mc_draws, 1, 100000)
+        _check_choice(w + "sharpness_set", self.sharpness_set, ("box", "l2"))
+        _check_int(w + "ascent_steps", self.ascent_steps, 0, 100000)
+        _check_int(w + "ascent_restarts", self.ascent_restarts, 1, 1000)
+        _float_field(self, "ascent_lr", w + "ascent_lr", 0.0, 100.0, lo_open=True)
+        _check_int(w + "ascent_batch", self.ascent_batch, 1, 1 << 20)
+        _float_field(self, "bisect_lo", w + "bisect_lo", 0.0, 1e6)
+        _float_field(self, "bisect_hi", w + "bisect_hi", 0.0, 1e6, lo_open=True)
+        if self.bisect_hi <= self.bisect_lo:
+            _fail(w + "bisect_hi", f"must be > bisect_lo ({self.bisect_lo}), "
+                  f"got {self.bisect_hi}")
+        _check_int(w + "bisect_steps", self.bisect_steps, 1, 200)
+        _float_field(self, "bisect_min_width", w + "bisect_min_width", 0.0, 1e6)
+        _float_field(self, "delta", w + "delta", 0.0, 1.0, lo_open=True)
+        _check_choice(w + "mag_orig_denominator", self.mag_orig_denominator,
+                      ("w", "w_minus_w0"))
+        _check_int(w + "hessian_samples", self.hessian_samples, 1, 1000000)
+        _check_int(w + "power_iters", self.power_iters, 1, 100000)
+        _check_int(w + "hessian_batch", self.hessian_batch, 1, 1 << 20)
+        if not isinstance(self.early_stop, bool):
+            _fail(w + "early_stop", f"must be true or false, got {self.early_stop!r}")
+        _check_choice(w + "preset_name", self.preset_name, PRESETS)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> MeasureSpec:
+        """The settings of preset ``name`` ('default', 'dziugaite2020', 'jiang2020'),
+        with ``overrides`` applied on top."""
+        if name not in _PRESET_FIELDS:
+            raise QgenError(f"measures.preset: must be one of {', '.join(PRESETS)}; "
+                            f"got {name!r}")
+        return cls.from_dict({**overrides, "preset": name})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> MeasureSpec:
+        """Build from a mapping; a ``preset`` key (or ``preset_name``, as ``to_dict`` writes
+        it) fills in that preset's values before the other keys apply."""
+        data = dict(data or {})
+        name = data.pop("preset", data.get("preset_name", "default"))
+        if name not in _PRESET_FIELDS:
+            raise QgenError(f"measures.preset: must be one of {', '.join(PRESETS)}; "
+                            f"got {name!r}")
+        return super().from_dict({**_PRESET_FIELDS[name], **data, "preset_name": name})
+
+    @classmethod
+    def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(data.get("names"), list):
+            data["names"] = tuple(data["names"])
+        return data
+
+    def field_names(self) -> list[str]:
+        """Names of all settings, in declaration order."""
+        return [f.name for f in fields(self)]
