@@ -23,10 +23,15 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || "$py" -m venv .venv
-pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+pip_install() {
+  # pip's notes about unreachable local mirrors are noise; its errors still fail the script
+  set -o pipefail
+  .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2>&1 \
+    | { grep -v "^WARNING: Location" || true; } >&2
+}
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "setup: installing ${QGEN_TORCH:-torch==2.13.0}" >&2
-  "${pip[@]}" "${QGEN_TORCH:-torch==2.13.0}"
+  pip_install "${QGEN_TORCH:-torch==2.13.0}"
 fi
-"${pip[@]}" -e ".[${extras}]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+pip_install -e ".[${extras}]"
 .venv/bin/python -c "import qgen, torch; print(f'setup: qgen {qgen.__version__}, torch {torch.__version__}')" >&2

@@ -23,3 +23,16 @@ requires_fashion = pytest.mark.skipif(
     not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
 )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Run the suite on one intra-op thread (restored afterwards): its tensors are small, and
+    on a busy two-core machine a second OpenMP thread makes every small op wait for the
+    scheduler (a 0.3 s loop was seen to take 15 s)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

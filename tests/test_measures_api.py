@@ -19,14 +19,6 @@ FAST = dict(mc_draws=3, ascent_steps=3, ascent_restarts=1, bisect_steps=6, eval_
             hessian_samples=3, power_iters=3, hessian_batch=64, ascent_batch=64, eval_batch=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: thread start-up costs more than it saves, and on a shared 2-core box
-    # oversubscribed OpenMP threads make a 0.3 s loop take 15 s. Restored afterwards.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_data(n=240, seed=0):

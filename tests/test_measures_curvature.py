@@ -2,23 +2,12 @@
 
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
 from qgen.measures.curvature import hutchinson_trace, make_hvp, power_iteration
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: thread start-up costs more than it saves, and on a shared 2-core box
-    # oversubscribed OpenMP threads make a 0.3 s loop take 15 s. Restored afterwards.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_problem():

@@ -26,14 +26,6 @@ MAGNITUDES = (0.0, 0.1, 1.0, -3.0)
 REL_TOL = 5 * math.sqrt(2 / (GROUP - 1))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: thread start-up costs more than it saves, and on a shared 2-core box
-    # oversubscribed OpenMP threads make a 0.3 s loop take 15 s. Restored afterwards.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def grouped_weights() -> torch.Tensor:

@@ -20,16 +20,6 @@ from qgen.measures.norms import (
 from qgen.models import build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: thread start-up costs more than it saves, and on a shared 2-core box
-    # oversubscribed OpenMP threads make a 0.3 s loop take 15 s. Restored afterwards.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def circular_conv_matrix(kernel, n, stride, dilation=1, groups=1):
     """The explicit matrix of a circularly padded conv2d on a (c_in, n, n) input, built by
     applying the conv to each basis vector. Padding: circular, (k_eff - 1) // 2 on each side

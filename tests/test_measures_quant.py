@@ -21,13 +21,6 @@ FAST = dict(mc_draws=2, ascent_steps=3, ascent_restarts=2, bisect_steps=4, eval_
             ascent_batch=50, eval_batch=100, hessian_samples=2, power_iters=2, hessian_batch=50)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: thread start-up costs more than it saves (shared 2-core box). Restored.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

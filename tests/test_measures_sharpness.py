@@ -12,15 +12,6 @@ from qgen.measures.perturb import Perturbation
 from qgen.measures.sharpness import radii, worst_case
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: thread start-up costs more than it saves (shared 2-core box). Restored.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def trained():
     gen = torch.Generator().manual_seed(1)

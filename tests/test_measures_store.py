@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from qgen.cli import app
@@ -33,7 +32,6 @@ def _spec(**kw):
 
 
 def test_measures_are_stored_and_resumed(one_run):
-    torch.set_num_threads(1)
     rec = measure_run(one_run, _spec())
     assert set(CHEAP) <= set(rec["values"])
     stored = read_measures(one_run)
@@ -51,7 +49,6 @@ def test_measures_are_stored_and_resumed(one_run):
 
 
 def test_other_settings_need_force(one_run):
-    torch.set_num_threads(1)
     measure_run(one_run, _spec())
     with pytest.raises(QgenError, match="other settings"):
         measure_run(one_run, _spec(seed=1))

@@ -15,14 +15,6 @@ from qgen.quant import LSQQuantizer, lsq_fake_quant, lsq_init_step, qrange, step
 SETTINGS = settings(max_examples=60, deadline=None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run these small-tensor tests on one intra-op thread (restored afterwards): on a busy
-    two-core machine a second thread makes every small op wait for the scheduler."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @st.composite

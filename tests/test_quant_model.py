@@ -69,14 +69,6 @@ def batch(n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 W4A4 = QuantSpec(w_bits=4, a_bits=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run these small-tensor tests on one intra-op thread (restored afterwards): on a busy
-    two-core machine a second thread makes every small op wait for the scheduler."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_every_layer_swapped_sharing_parameters():

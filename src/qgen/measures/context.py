@@ -21,6 +21,7 @@ from qgen.errors import QgenError
 from qgen.measures.bnfold import FoldedTwin
 from qgen.measures.params import Prepared, prepare_model, reference_values
 from qgen.measures.perturb import Evaluator, Metrics
+from qgen.measures.search import SearchResult, bisect
 from qgen.measures.settings import MeasureSpec
 
 
@@ -162,3 +163,19 @@ class MeasureContext:
                             "the layer's input size, strides handled by polyphase "
                             "decomposition (Sedghi et al. 2019)",
         }
+
+
+def family_search(ctx: MeasureContext, deviation: Callable[[float], float],
+                  magnitude: bool) -> SearchResult:
+    """Bisection of one measure family's scale (σ, σ', α or α') with ``ctx.spec``'s settings.
+
+    A magnitude-aware search (ε floor > 0) first probes the interval's lower end, since the
+    ε-noise alone may already exceed the target deviation (saturation at the bottom).
+    """
+    spec = ctx.spec
+    result = bisect(deviation, target=spec.target_deviation, tolerance=spec.target_tolerance,
+                    lo=spec.bisect_lo, hi=spec.bisect_hi, steps=spec.bisect_steps,
+                    min_width=spec.bisect_min_width,
+                    probe_lo=spec.bisect_lo > 0 or (magnitude and spec.mag_eps > 0))
+    result.reference = ctx.base_metrics().get(spec.target)
+    return result

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from qgen.measures.context import MeasureContext
+from qgen.measures.context import MeasureContext, family_search
 from qgen.measures.perturb import (
     Perturbation,
     gaussian_std,
@@ -27,7 +27,7 @@ from qgen.measures.perturb import (
     make_generator,
     standard_normals,
 )
-from qgen.measures.search import SearchResult, bisect, decided, deviation_range
+from qgen.measures.search import SearchResult, decided, deviation_range
 
 
 def pacbayes_deviation(ctx: MeasureContext, sigma: float, magnitude: bool,
@@ -69,15 +69,8 @@ def pacbayes_deviation(ctx: MeasureContext, sigma: float, magnitude: bool,
 
 def pacbayes_search(ctx: MeasureContext, magnitude: bool) -> SearchResult:
     """The σ (or σ') bisection of the plain or magnitude-aware PAC-Bayes family."""
-    spec = ctx.spec
     key = "search.pacbayes.mag" if magnitude else "search.pacbayes"
-    result = bisect(lambda s: pacbayes_deviation(ctx, s, magnitude, key),
-                    target=spec.target_deviation, tolerance=spec.target_tolerance,
-                    lo=spec.bisect_lo, hi=spec.bisect_hi, steps=spec.bisect_steps,
-                    min_width=spec.bisect_min_width,
-                    probe_lo=spec.bisect_lo > 0 or (magnitude and spec.mag_eps > 0))
-    result.reference = ctx.base_metrics().get(spec.target)
-    return result
+    return family_search(ctx, lambda s: pacbayes_deviation(ctx, s, magnitude, key), magnitude)
 
 
 def sq_norm(values: list[Tensor]) -> float:

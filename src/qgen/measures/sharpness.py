@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qgen.measures.context import MeasureContext
+from qgen.measures.context import MeasureContext, family_search
 from qgen.measures.perturb import Perturbation, make_generator, upcast
-from qgen.measures.search import SearchResult, bisect, decided
+from qgen.measures.search import SearchResult, decided
 
 
 def radii(w: list[Tensor], alpha: float, magnitude: bool, eps: float) -> list[Tensor]:
@@ -147,12 +147,5 @@ def sharpness_deviation(ctx: MeasureContext, alpha: float, magnitude: bool,
 
 def sharpness_search(ctx: MeasureContext, magnitude: bool) -> SearchResult:
     """The α' bisection of the plain or magnitude-aware sharpness family."""
-    spec = ctx.spec
     key = "search.sharpness.mag" if magnitude else "search.sharpness"
-    result = bisect(lambda a: sharpness_deviation(ctx, a, magnitude, key),
-                    target=spec.target_deviation, tolerance=spec.target_tolerance,
-                    lo=spec.bisect_lo, hi=spec.bisect_hi, steps=spec.bisect_steps,
-                    min_width=spec.bisect_min_width,
-                    probe_lo=spec.bisect_lo > 0 or (magnitude and spec.mag_eps > 0))
-    result.reference = ctx.base_metrics().get(spec.target)
-    return result
+    return family_search(ctx, lambda a: sharpness_deviation(ctx, a, magnitude, key), magnitude)
