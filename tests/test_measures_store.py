@@ -41,7 +41,7 @@ def test_measures_are_stored_and_resumed(one_run):
     # asking again computes nothing new and leaves the file as it was
     before = (one_run / "measures.json").read_bytes()
     again = measure_run(one_run, _spec())
-    assert again["values"] == rec["values"]
+    assert again["values"] == rec["values"] and again["reused"] is True
     assert (one_run / "measures.json").read_bytes() == before
     # the same seed gives the same numbers when recomputed from scratch
     fresh = measure_run(one_run, _spec(), force=True)
@@ -73,6 +73,8 @@ def test_cli_measure_and_collect(one_run):
     df = collect(one_run.parent)
     assert df.loc[0, "measure.pacbayes.flatness"] == pytest.approx(values["pacbayes.flatness"])
     assert df.loc[0, "meta.measure_preset"] == "default"
+    stored = json.loads((one_run / "measures.json").read_text())["diagnostics"]
+    assert df.loc[0, "meta.saturated.pacbayes"] == stored["search.pacbayes"]["saturated"]
 
 
 def test_cli_measure_bad_input(one_run):

@@ -175,32 +175,52 @@ def demo(
 
     with user_errors():
         df = run_demo(out, data_dir=data_dir, threads=threads, quiet=quiet)
-        console.print(demo_table(df))
+        for table in demo_tables(df):
+            console.print(table)
         console.print(f"runs and results.parquet/.csv are in {out}/", highlight=False)
 
 
-def demo_table(df: Any) -> Table:
-    """Per bit width: train/test loss and accuracy, both gaps, and any flatness measures."""
-    table = Table(title="qgen demo: NiN 2x2 on a Fashion-MNIST subset")
-    cols = [("bits", "hp.quant.label", "{}"), ("status", "status", "{}"),
-            ("epochs", "gen.epochs", "{:.1f}"), ("train loss", "gen.train_loss", "{:.3f}"),
-            ("test loss", "gen.test_loss", "{:.3f}"), ("loss gap", "gen.loss_gap", "{:.3f}"),
-            ("train acc", "gen.train_accuracy", "{:.1%}"),
-            ("test acc", "gen.test_accuracy", "{:.1%}"), ("acc gap", "gen.acc_gap", "{:.1%}")]
-    cols += [(c.removeprefix("measure."), c, "{:.3g}") for c in DEMO_MEASURE_COLUMNS
-             if c in df.columns]
+def _frame_table(df: Any, title: str, cols: list[tuple[str, str, str]]) -> Table:
+    """A compact rich table of DataFrame columns (header, column, format)."""
+    from rich import box
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     for name, _, _ in cols:
-        table.add_column(name, justify="left" if name in ("bits", "status") else "right")
+        left = name in ("bits", "status")
+        table.add_column(name, justify="left" if left else "right", no_wrap=left,
+                         min_width={"bits": 4, "status": 10}.get(name))
     for _, row in df.iterrows():
         cells = []
         for _, col, fmt in cols:
             v = row.get(col)
             try:
-                cells.append(fmt.format(v))
+                cell = fmt.format(v)
             except (TypeError, ValueError):
-                cells.append(str(v))
+                cell = str(v)
+            family = col.removeprefix("measure.").removesuffix(".flatness")
+            if row.get(f"meta.saturated.{family}") is True:
+                cell += " (sat.)"
+            cells.append(cell)
         table.add_row(*cells)
     return table
+
+
+def demo_tables(df: Any) -> list[Table]:
+    """Per bit width: the gaps; then the flatness measures, when measured."""
+    gen = [("bits", "hp.quant.label", "{}"), ("status", "status", "{}"),
+           ("train loss", "gen.train_loss", "{:.3f}"), ("test loss", "gen.test_loss", "{:.3f}"),
+           ("loss gap", "gen.loss_gap", "{:.3f}"),
+           ("train acc", "gen.train_accuracy", "{:.1%}"),
+           ("test acc", "gen.test_accuracy", "{:.1%}"), ("acc gap", "gen.acc_gap", "{:.1%}")]
+    tables = [_frame_table(df, "generalization gap by bit width (NiN 2x2, Fashion-MNIST "
+                               "subset)", gen)]
+    flat = [(c.removeprefix("measure.").removesuffix(".flatness"), c, "{:.4g}")
+            for c in DEMO_MEASURE_COLUMNS if c in df.columns]
+    if flat:
+        title = ("flatness: 1/σ² (pacbayes), 1/α'² (sharpness); larger = sharper; "
+                 "(sat.) = the search hit a bound")
+        tables.append(_frame_table(df, title, [gen[0]] + flat))
+    return tables
 
 
 DEMO_MEASURE_COLUMNS = ("measure.pacbayes.flatness", "measure.pacbayes.mag.flatness",

@@ -48,9 +48,12 @@ def measure_with_progress(run_dirs: list[Path], spec: Any, *, data_dir: Path | N
             if skipped:
                 err_console.print(f"{d.name}: skipped ({skipped})", highlight=False,
                                   markup=False)
-            else:
-                t = rec.get("wall_time_s", 0.0) if rec else 0.0
-                err_console.print(f"{d.name}: {len(rec['values'])} measures ({t:.1f} s)",
+            elif rec is not None and rec.get("reused"):
+                err_console.print(f"{d.name}: {len(rec['values'])} measures already stored",
+                                  highlight=False, markup=False)
+            elif rec is not None:
+                err_console.print(f"{d.name}: {len(rec['values'])} measures "
+                                  f"({rec.get('wall_time_s', 0.0):.1f} s)",
                                   highlight=False, markup=False)
 
         return measure_runs(run_dirs, spec, data_dir=data_dir, device=device, force=force,

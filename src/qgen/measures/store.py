@@ -59,7 +59,9 @@ def measure_run(
 ) -> dict[str, Any]:
     """Compute ``spec``'s measures of the run in ``run_dir`` and store them; return the record.
 
-    Diverged runs (non-finite weights) are not measured: a QgenError says so.
+    Diverged runs (non-finite weights) are not measured: a QgenError says so. When every
+    asked measure is already stored, nothing is computed and the stored record comes back
+    with ``"reused": True``.
     """
     run_dir = Path(run_dir)
     spec = spec or MeasureSpec()
@@ -78,7 +80,7 @@ def measure_run(
                             "use --force to replace them")
         wanted = [n for n in wanted if n not in old.get("values", {})]
         if not wanted:
-            return old
+            return {**old, "reused": True}  # the flag is for callers, never stored
     run_spec = load_spec(run_dir)
     if splits is None:
         splits = load_data(run_spec.data, data_dir)

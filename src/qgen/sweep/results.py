@@ -10,7 +10,8 @@ Columns (prefixes after nitarshan/robust-generalization-measures' tidy results):
   ``loss_gap``, ``acc_gap``, the margin statistics, ``epochs``, ``steps``, ``wall_time_s``;
 - ``measure.<name>``: each value of the run's ``measures.json`` (see qgen.measures.store);
 - ``robust.<path>``: each number in ``result["robustness"]``, nested keys joined by dots;
-- ``meta.*``: ``num_params``, ``device``, ``threads``, ``torch``, ``qgen`` versions.
+- ``meta.*``: ``num_params``, ``device``, ``threads``, ``torch``, ``qgen`` versions,
+  ``measure_preset`` and ``saturated.<family>`` (a measure search that ended at a bound).
 
 Types are chosen so that pandas, Parquet and DuckDB agree: integer spec fields are nullable
 64-bit integers, floats are float64, flags are nullable booleans, names are strings.
@@ -114,6 +115,11 @@ def _row_for(run_dir: Path) -> dict[str, Any] | None:
         if (run_dir / "measures.json").is_file():  # written by qgen.measures.store
             measures = read_json(run_dir / "measures.json")
             row["meta.measure_preset"] = (measures.get("measure_spec") or {}).get("preset_name")
+            for key, diag in (measures.get("diagnostics") or {}).items():
+                if key.startswith("search.") and isinstance(diag, dict):
+                    # a search that ended at an interval bound: its values are bounds only
+                    row[f"meta.saturated.{key.removeprefix('search.')}"] = bool(
+                        diag.get("saturated"))
         if isinstance(measures, dict) and isinstance(measures.get("values"), dict):
             for name, value in measures["values"].items():
                 num = _number(value)
