@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from _common import cpu_name  # bench/ is on sys.path when run as a script
 from qgen.config import DataSpec, ModelSpec, TrainSpec
 from qgen.data import load_data
 from qgen.measures import MeasureSpec, compute_measures
@@ -41,18 +41,6 @@ from qgen.measures.bnfold import fold_batchnorm
 from qgen.measures.context import MeasureContext
 from qgen.measures.pacbayes import pacbayes_deviation
 from qgen.models import build_model
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (or platform's guess)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # ------------------------------------------------------------------------------ baseline

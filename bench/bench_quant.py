@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _common import cpu_name  # bench/ is on sys.path when run as a script
 from qgen.config import ModelSpec, QuantSpec
 from qgen.models import build_model
 from qgen.quant import (
@@ -46,17 +47,6 @@ from qgen.quant import (
 
 BITS = 4
 
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (or platform's guess)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def layer_tensors(spec: ModelSpec, channels: int, size: int,

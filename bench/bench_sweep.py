@@ -25,16 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (or platform's answer)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from _common import cpu_name  # bench/ is on sys.path when run as a script
 
 
 def make_plan(runs: int, epochs: int):
