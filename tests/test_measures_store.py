@@ -85,3 +85,17 @@ def test_cli_measure_bad_input(one_run):
     assert res.exit_code == 2 and "name=value" in res.output
     res = runner.invoke(app, ["measure", str(one_run), "--set", "mc_draws=-3"])
     assert res.exit_code == 2 and "mc_draws" in res.output
+
+
+def test_sweep_measure_post_pass_is_resumable(one_run):
+    store = one_run.parent
+    args = ["sweep", "measure", str(store), "-m", ",".join(CHEAP), "--set", "eval_subset=200",
+            "--set", "mc_draws=3", "--set", "bisect_steps=6", "--threads", "1", "--quiet"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "1 runs measured" in res.output
+    first = (one_run / "measures.json").read_bytes()
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0 and (one_run / "measures.json").read_bytes() == first
+    res = CliRunner().invoke(app, ["sweep", "measure", str(store / "nope")])
+    assert res.exit_code == 2 and "no such run store" in res.output

@@ -60,30 +60,49 @@ def measure_with_progress(run_dirs: list[Path], spec: Any, *, data_dir: Path | N
                             on_done=on_done)
 
 
-def measure_command(
-    run_dirs: list[Path] = typer.Argument(..., help="Run directories (runs/<id>)."),
-    measures: str | None = typer.Option(None, "--measures", "-m",
-                                        help="Comma list of names or patterns, e.g. "
-                                             "'pacbayes.*,sharpness.flatness' (default: all)."),
-    preset: str = typer.Option("default", help="default, dziugaite2020 or jiang2020."),
-    settings: list[str] | None = typer.Option(None, "--set",
-                                              help="Override a setting: name=value "
-                                                   "(e.g. eval_subset=1000); repeatable."),
-    data_dir: Path | None = typer.Option(None, help="Where the run's dataset is."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
-    threads: int | None = typer.Option(None, help="torch threads."),
-    force: bool = typer.Option(False, help="Recompute, replacing stored measures."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-) -> None:
-    """Compute generalization measures of trained runs; store them in measures.json."""
+# Options shared by `qgen measure` and `qgen sweep measure` (typer accepts one OptionInfo
+# as the default of several commands).
+MEASURES_OPT = typer.Option(None, "--measures", "-m",
+                            help="Comma list of names or patterns, e.g. "
+                                 "'pacbayes.*,sharpness.flatness' (default: all).")
+PRESET_OPT = typer.Option("default", help="default, dziugaite2020 or jiang2020.")
+SET_OPT = typer.Option(None, "--set", help="Override a setting: name=value "
+                                           "(e.g. eval_subset=1000); repeatable.")
+DATA_DIR_OPT = typer.Option(None, help="Where the runs' datasets are.")
+DEVICE_OPT = typer.Option("cpu", help="cpu or cuda.")
+THREADS_OPT = typer.Option(None, help="torch threads.")
+FORCE_OPT = typer.Option(False, help="Recompute, replacing stored measures.")
+QUIET_OPT = typer.Option(False, "--quiet", "-q")
+
+
+def measure_from_options(run_dirs: list[Path], measures: str | None, preset: str,
+                         settings: list[str] | None, data_dir: Path | None, device: str,
+                         threads: int | None, force: bool, quiet: bool) -> dict[str, Any]:
+    """The body both measure commands share: threads, spec, measuring with progress."""
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
+    spec = parse_measure_spec(preset, measures, settings)
+    return measure_with_progress(run_dirs, spec, data_dir=data_dir, device=device,
+                                 force=force, quiet=quiet)
+
+
+def measure_command(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories (runs/<id>)."),
+    measures: str | None = MEASURES_OPT,
+    preset: str = PRESET_OPT,
+    settings: list[str] | None = SET_OPT,
+    data_dir: Path | None = DATA_DIR_OPT,
+    device: str = DEVICE_OPT,
+    threads: int | None = THREADS_OPT,
+    force: bool = FORCE_OPT,
+    quiet: bool = QUIET_OPT,
+) -> None:
+    """Compute generalization measures of trained runs; store them in measures.json."""
     with user_errors():
-        if threads:
-            torch.set_num_threads(threads)
-        spec = parse_measure_spec(preset, measures, settings)
-        records = measure_with_progress(list(run_dirs), spec, data_dir=data_dir,
-                                        device=device, force=force, quiet=quiet)
+        records = measure_from_options(list(run_dirs), measures, preset, settings, data_dir,
+                                       device, threads, force, quiet)
         for rid, rec in records.items():
             vals = ", ".join(f"{k}={v:.4g}" for k, v in list(rec["values"].items())[:6])
             more = len(rec["values"]) - 6

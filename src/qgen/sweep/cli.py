@@ -22,6 +22,17 @@ from rich.table import Table
 
 from qgen.cliutil import console, err_console, user_errors
 from qgen.errors import QgenError
+from qgen.measures.cli import (
+    DATA_DIR_OPT,
+    DEVICE_OPT,
+    FORCE_OPT,
+    MEASURES_OPT,
+    PRESET_OPT,
+    QUIET_OPT,
+    SET_OPT,
+    THREADS_OPT,
+    measure_from_options,
+)
 
 sweep_app = typer.Typer(add_completion=False, no_args_is_help=True,
                         help="Plan, run and follow sweeps of many runs (grids over spec fields).")
@@ -213,32 +224,25 @@ def print_report(report: Any, quiet: bool) -> None:
 @sweep_app.command("measure")
 def measure_store_command(
     out: Path = typer.Argument(..., help="Run store directory of a sweep."),
-    measures: str | None = typer.Option(None, "--measures", "-m",
-                                        help="Comma list of names or patterns (default: all)."),
-    preset: str = typer.Option("default", help="default, dziugaite2020 or jiang2020."),
-    settings: list[str] | None = typer.Option(None, "--set", help="name=value; repeatable."),
-    data_dir: Path | None = typer.Option(None, help="Where the datasets are."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
-    threads: int | None = typer.Option(None, help="torch threads."),
-    force: bool = typer.Option(False, help="Recompute, replacing stored measures."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    measures: str | None = MEASURES_OPT,
+    preset: str = PRESET_OPT,
+    settings: list[str] | None = SET_OPT,
+    data_dir: Path | None = DATA_DIR_OPT,
+    device: str = DEVICE_OPT,
+    threads: int | None = THREADS_OPT,
+    force: bool = FORCE_OPT,
+    quiet: bool = QUIET_OPT,
 ) -> None:
     """Measure every finished run of a store (resumable post-pass; diverged runs skipped)."""
-    import torch
-
-    from qgen.measures.cli import measure_with_progress, parse_measure_spec
     from qgen.sweep.store import store_lock
 
     with user_errors():
         if not out.is_dir():
             raise QgenError(f"{out}: no such run store")
-        if threads:
-            torch.set_num_threads(threads)
-        spec = parse_measure_spec(preset, measures, settings)
         dirs = sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
         with store_lock(out):
-            records = measure_with_progress(dirs, spec, data_dir=data_dir, device=device,
-                                            force=force, quiet=quiet)
+            records = measure_from_options(dirs, measures, preset, settings, data_dir, device,
+                                           threads, force, quiet)
         console.print(f"{len(records)} runs measured in {out}", highlight=False)
 
 
