@@ -11,7 +11,9 @@
    deviation is also evaluated at the other side's σ, and both should be 0.1 ± 0.01 (plus
    Monte-Carlo error). Target: baseline / qgen ≥ 5.
 2. The time per model of the four flatness families (pacbayes, pacbayes.mag, sharpness,
-   sharpness.mag) with the default settings (seeded 2,000-example subset), per search.
+   sharpness.mag) with the settings before issue 8 and with the current defaults, on the
+   same model in the same run, per search, with each search's value, bracket, points, draws
+   and standard error.
 
 The model is trained inside the script on a Fashion-MNIST subset (or loaded from a run
 directory with ``--run``). Timings are wall-clock on a possibly shared machine; the CPU
@@ -41,6 +43,11 @@ from qgen.measures.bnfold import fold_batchnorm
 from qgen.measures.context import MeasureContext
 from qgen.measures.pacbayes import pacbayes_deviation
 from qgen.models import build_model
+
+#: the measure defaults before issue 8 ("numbers you can trust"), for the time comparison
+PREVIOUS_DEFAULTS = dict(search="bisect", deviation="absolute", bisect_lo=0.0, bisect_steps=15,
+                         mc_draws=10, mc_stderr=0.0, mc_eval_examples=None,
+                         sharpness_mag_radius="additive", ascent_keep="last")
 
 
 # ------------------------------------------------------------------------------ baseline
@@ -194,24 +201,29 @@ def main() -> None:
         print(f"σ (baseline vs qgen full set) equal within the bisection tolerance: {verdict}")
 
     if not args.skip_flatness:
-        spec = MeasureSpec(seed=args.seed)
         names = ["pacbayes.*", "sharpness.*"]
-        print(f"\n[2] flatness families, default settings (eval subset {spec.eval_subset}, "
-              f"{spec.mc_draws} draws, {spec.ascent_steps} ascent steps x "
-              f"{spec.ascent_restarts} restarts, batch {spec.ascent_batch})")
-        res, t, c = timed(lambda: compute_measures(model, w0, x, y, spec, names=names,
-                                                   device=args.device))
-        shared = res.diagnostics["timings"]["shared"]
-        for key in ("search.pacbayes", "search.pacbayes.mag", "search.sharpness",
-                    "search.sharpness.mag"):
-            s = res.diagnostics[key]
-            print(f"{key:24s} value {s['value']:.3e}  steps {len(s['trace']):2d}  "
-                  f"converged {s['converged']!s:5s}  saturation {s['saturation']!s:5s}  "
-                  f"{shared[key]:6.1f} s")
-        print(f"total per model: {t:.1f} s wall, {c:.1f} s cpu "
-              f"(base train accuracy on the subset {res.diagnostics['eval']['base_accuracy']:.3f})")
-        for k in sorted(res.values):
-            print(f"  {k:24s} {res.values[k]:.6g}")
+        print("\n[2] time per model of the four flatness families: the settings before issue 8 "
+              "(tolerance bisection, 10 draws, additive magnitude floor, last ascent iterate) "
+              "against the current defaults, on the same model, one after the other")
+        totals = {}
+        for label, spec in (("previous", MeasureSpec(seed=args.seed, **PREVIOUS_DEFAULTS)),
+                            ("current", MeasureSpec(seed=args.seed))):
+            res, t, c = timed(lambda spec=spec: compute_measures(
+                model, w0, x, y, spec, names=names, device=args.device))
+            totals[label] = t
+            shared = res.diagnostics["timings"]["shared"]
+            print(f"-- {label}: total {t:.1f} s wall, {c:.1f} s cpu")
+            for key in ("search.pacbayes", "search.pacbayes.mag", "search.sharpness",
+                        "search.sharpness.mag"):
+                s = res.diagnostics[key]
+                se = s.get("value_stderr")
+                draws = sum(t.get("draws", 0) for t in s["trace"])
+                print(f"{key:24s} value {s['value']:.4e} "
+                      f"[{s['bracket'][0]:.4e}, {s['bracket'][1]:.4e}]"
+                      + (f" ± {se:.2e}" if se is not None else "")
+                      + f"  points {len(s['trace']):2d}  draws {draws:4d}  "
+                      f"saturation {s['saturation']!s:5s}  {shared[key]:6.1f} s")
+        print(f"time per model, current / previous: {totals['current'] / totals['previous']:.2f}")
 
 
 if __name__ == "__main__":

@@ -111,3 +111,69 @@ def test_magnitude_search_moves_zero_weights():
         else:
             assert (perturbed == 0).all()
         assert (ctx.model[1].weight[0] == 0).all()  # restored afterwards
+
+
+def _anti_classifier():
+    """A linear model that gets every training example wrong by a small margin: noise on its
+    weights can only help it (a random direction is right half of the time)."""
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (400,), generator=gen)
+    x = (2.0 * y - 1).view(-1, 1) * torch.ones(400, 2) + 0.3 * torch.randn(400, 2,
+                                                                           generator=gen)
+    net = nn.Sequential(nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[0.01, 0.01], [-0.01, -0.01]]))  # the wrong way round
+    return net, x, y
+
+
+def test_deviation_is_the_increase_of_the_error_when_noise_helps():
+    """On a model whose accuracy rises under noise (0 -> ~0.5), the PAC-Bayes deviation is
+    the increase of the error: negative, so noise never 'reaches' the target and the search
+    saturates at the top; |mean - base| (the reference codes') would count the gain as a
+    deviation and report a small σ."""
+    net, x, y = _anti_classifier()
+    w0 = {k: torch.zeros_like(v) for k, v in net.state_dict().items()}
+    increase = MeasureContext(net, w0, x, y, MeasureSpec(eval_subset=None, mc_draws=16,
+                                                         mc_stderr=0.0))
+    assert increase.base_metrics().accuracy == 0.0
+    dev, info = pacbayes_deviation(increase, 0.5, magnitude=False, key="t")
+    assert info["mean"] > 0.3 and dev == pytest.approx(-info["mean"]) and dev < 0
+    absolute = MeasureContext(net, w0, x, y, MeasureSpec(eval_subset=None, mc_draws=16,
+                                                         mc_stderr=0.0, deviation="absolute"))
+    dev_abs, info_abs = pacbayes_deviation(absolute, 0.5, magnitude=False, key="t")
+    assert dev_abs == pytest.approx(info_abs["mean"]) and dev_abs > 0.3
+    from qgen.measures.pacbayes import pacbayes_search
+
+    assert pacbayes_search(increase, magnitude=False).saturation == "upper"
+    res_abs = pacbayes_search(absolute, magnitude=False)
+    assert res_abs.saturation is None and res_abs.value < 0.1
+
+
+def test_draws_adapt_until_the_standard_error_is_small():
+    """Refined points draw until the deviation's standard error is at most mc_stderr (or the
+    cap); search points stop once the decision is clear; every point records draws and SE."""
+    torch.manual_seed(0)
+    x = torch.randn(300, 1, 6, 6)
+    y = (x.mean(dim=(1, 2, 3)) > 0).long()
+    net = nn.Sequential(nn.Flatten(), nn.Linear(36, 2))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.stack([-torch.ones(36), torch.ones(36)]) * 0.2)
+        net[1].bias.zero_()
+    w0 = {k: torch.zeros_like(v) for k, v in net.state_dict().items()}
+    spec = MeasureSpec(eval_subset=None, mc_draws=40, mc_stderr=0.02, mc_search_draws=6)
+    ctx = MeasureContext(net, w0, x, y, spec)
+    from qgen.measures.pacbayes import pacbayes_search
+
+    res = pacbayes_search(ctx, magnitude=False)
+    assert res.converged, res.to_dict()
+    refined = [t for t in res.trace if t["stage"] == "refine"]
+    searched = [t for t in res.trace if t["stage"] == "search"]
+    assert refined and all(t["stderr"] <= 0.02 or t["draws"] == 40 for t in refined)
+    assert all(t["draws"] <= 6 for t in searched)
+    assert any(t["draws"] < 6 for t in searched)  # clear decisions stop early
+    assert res.value_stderr is not None and 0 < res.value_stderr < res.value
+    # the draws at a scale are the first draws of its refinement (common random numbers)
+    x_end = res.bracket[0]
+    first = next(t for t in res.trace if t["x"] == x_end)
+    last = [t for t in res.trace if t["x"] == x_end][-1]
+    assert last["samples"][: first["draws"]] == first["samples"]

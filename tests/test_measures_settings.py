@@ -11,9 +11,13 @@ def test_defaults_are_measures_md():
     s = MeasureSpec()
     assert (s.gauss_std, s.mag_noise, s.params, s.bn, s.target) == (
         "sigma", "variance", "weights", "eval", "accuracy")
-    assert (s.target_deviation, s.target_tolerance, s.mc_draws, s.ascent_steps) == (
-        0.1, 0.01, 10, 20)
-    assert (s.bisect_lo, s.bisect_hi, s.bisect_steps, s.mag_eps) == (0.0, 2.0, 15, 1e-3)
+    assert (s.target_deviation, s.target_tolerance, s.ascent_steps) == (0.1, 0.01, 20)
+    # one-sided deviation; bracket to 1% of the value; draws until the deviation's standard
+    # error is half the tolerance (at most 200); a magnitude floor that scales with alpha
+    assert (s.deviation, s.search, s.bisect_rel_width) == ("increase", "threshold", 0.01)
+    assert (s.mc_stderr, s.mc_draws, s.ascent_keep) == (0.005, 200, "best")
+    assert (s.bisect_lo, s.bisect_hi, s.mag_eps) == (1e-6, 2.0, 1e-3)
+    assert s.sharpness_mag_radius == "scaled"
     assert s.quant_mode == "latent" and s.sharpness_set == "box"
 
 

@@ -64,7 +64,10 @@ def test_ascent_stays_in_the_set_and_raises_the_loss(trained, kind, magnitude):
 
 def test_magnitude_radius():
     w = [torch.tensor([0.0, -2.0, 0.5])]
-    (r,) = radii(w, 0.1, True, 1e-3)
+    (r,) = radii(w, 0.1, True, 1e-3, "additive")
     assert torch.allclose(r, torch.tensor([1e-3, 0.201, 0.051]))
+    (r,) = radii(w, 0.1, True, 1e-3, "scaled")  # the floor shrinks with alpha
+    assert torch.allclose(r, torch.tensor([1e-4, 0.2001, 0.0501]))
+    assert torch.equal(radii(w, 0.0, True, 1e-3, "scaled")[0], torch.zeros(3))
     (r,) = radii(w, 0.1, False, 1e-3)
     assert torch.equal(r, torch.full((3,), 0.1))

@@ -167,14 +167,15 @@ def datasets(
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Run store directory."),
     data_dir: Path | None = typer.Option(None, help="Where Fashion-MNIST is."),
-    threads: int | None = typer.Option(None, help="torch threads (default: all cores)."),
+    workers: int = typer.Option(2, min=1, help="Runs trained side by side (each on one "
+                                               "thread: the numbers do not depend on it)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """The main job: a small real study on Fashion-MNIST (fp, 8, 4, 2 bits), as a table."""
     from qgen.demo import run_demo
 
     with user_errors():
-        df = run_demo(out, data_dir=data_dir, threads=threads, quiet=quiet)
+        df = run_demo(out, data_dir=data_dir, workers=workers, quiet=quiet)
         for table in demo_tables(df):
             console.print(table)
         console.print(f"runs and results.parquet/.csv are in {out}/", highlight=False)
@@ -200,6 +201,8 @@ def _frame_table(df: Any, title: str, cols: list[tuple[str, str, str]]) -> Table
             family = col.removeprefix("measure.").removesuffix(".flatness")
             if row.get(f"meta.saturated.{family}") is True:
                 cell += " (sat.)"
+            if col == "status" and row.get("meta.healthy") is False:
+                cell += " UNHEALTHY"
             cells.append(cell)
         table.add_row(*cells)
     return table

@@ -25,7 +25,10 @@ from typing import Any, ClassVar
 
 from qgen.errors import QgenError
 
-SPEC_VERSION = 1
+#: 2: QuantSpec gained the step-size rules (step_positivity, step_lr_scale, step_momentum,
+#: step_max_rel_change). A version-1 spec (no such fields) was trained with the old rule and
+#: reads as ``step_positivity='clamp'`` with the other rules off; see :func:`migrate_spec`.
+SPEC_VERSION = 2
 BITS_ALLOWED = "an integer 2..8 or 'fp'"
 
 
@@ -103,9 +106,10 @@ class _Spec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> Any:
-        data = dict(data or {})
-        if not isinstance(data, dict):
+        """Build from a mapping; an unknown field or a non-mapping is a QgenError."""
+        if data is not None and not isinstance(data, Mapping):
             raise QgenError(f"{cls.SECTION}: must be a mapping, got {type(data).__name__}")
+        data = dict(data or {})
         names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - names)
         if unknown:
@@ -184,6 +188,18 @@ class QuantSpec(_Spec):
     ``first_last``: '8bit' (LSQ's choice), 'fp', or 'same' for the first and last layer.
     ``overrides``: (name pattern, w_bits, a_bits) triples; fnmatch patterns on module names.
     ``step_weight_decay``: apply weight decay to step sizes (LSQ: no).
+
+    How step sizes are kept usable (docs/quantization.md has the measurements behind them):
+
+    - ``step_positivity``: 'abs' quantizes with max(|s|, eps), so an optimizer overshoot below
+      zero is harmless; 'clamp' projects the parameter onto [1e-8, inf) before each training
+      forward, the rule of spec version 1, kept only to reproduce runs made with it (it can
+      kill a layer).
+    - ``step_lr_scale``: the step sizes' learning rate is ``train.lr`` times this.
+    - ``step_momentum``: the step sizes' SGD momentum (None: ``train.momentum``).
+    - ``step_max_rel_change``: the most a step may change, relative to its value, in one
+      update (None: no bound); a larger update is shortened to it and SGD's momentum buffer
+      is set to the update actually taken, so optimizer state matches the parameter.
     """
 
     SECTION: ClassVar[str] = "quant"
@@ -194,10 +210,16 @@ class QuantSpec(_Spec):
     first_last: str = "8bit"
     overrides: tuple[tuple[str, int | None, int | None], ...] = ()
     step_weight_decay: bool = False
+    step_positivity: str = "abs"
+    step_lr_scale: float = 1.0
+    step_momentum: float | None = None
+    step_max_rel_change: float | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> QuantSpec:
         """Also accepts ``bits`` as shorthand for equal weight and activation bits."""
+        if data is not None and not isinstance(data, Mapping):
+            raise QgenError(f"quant: must be a mapping, got {type(data).__name__}")
         data = dict(data or {})
         if "bits" in data:
             b = data.pop("bits")
@@ -220,6 +242,13 @@ class QuantSpec(_Spec):
         object.__setattr__(self, "overrides", tuple(ov))
         if not isinstance(self.step_weight_decay, bool):
             _fail("quant.step_weight_decay", "must be true or false")
+        _check_choice("quant.step_positivity", self.step_positivity, ("abs", "clamp"))
+        _float_field(self, "step_lr_scale", "quant.step_lr_scale", 0.0, 100.0, lo_open=True)
+        if self.step_momentum is not None:
+            _float_field(self, "step_momentum", "quant.step_momentum", 0.0, 0.999)
+        if self.step_max_rel_change is not None:
+            _float_field(self, "step_max_rel_change", "quant.step_max_rel_change", 0.0, 100.0,
+                         lo_open=True)
 
     @property
     def enabled(self) -> bool:
@@ -290,13 +319,17 @@ class RunSpec(_Spec):
         out["spec_version"] = SPEC_VERSION
         return out
 
+    def __post_init__(self) -> None:
+        if self.quant.step_momentum is not None and self.train.optimizer != "sgd":
+            _fail("quant.step_momentum", f"is an SGD setting; train.optimizer is "
+                  f"{self.train.optimizer!r} (leave step_momentum null)")
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> RunSpec:
-        data = dict(data or {})
-        version = data.pop("spec_version", SPEC_VERSION)
-        if version != SPEC_VERSION:
-            raise QgenError(f"spec_version: this qgen reads version {SPEC_VERSION}, got {version}")
-        return super().from_dict(data)
+        """Build from a mapping (a version-1 spec is migrated, see :func:`migrate_spec`)."""
+        if data is not None and not isinstance(data, Mapping):
+            raise QgenError(f"spec: must be a mapping, got {type(data).__name__}")
+        return super().from_dict(migrate_spec(data))
 
     def canonical_json(self) -> str:
         """Sorted-key, whitespace-free JSON: the bytes the run id hashes."""
@@ -318,6 +351,25 @@ class RunSpec(_Spec):
         if self.model.name not in model_names():
             raise QgenError(f"model.name: unknown model {self.model.name!r}; "
                             f"allowed: {', '.join(model_names())}")
+
+
+def migrate_spec(data: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A spec mapping of any readable version as the current version's mapping (without the
+    ``spec_version`` key).
+
+    Version 1 trained quantized runs with the step projected onto [1e-8, inf)
+    (``step_positivity='clamp'``) and had no other step rules, so a version-1 spec says so.
+    """
+    data = dict(data or {})
+    version = data.pop("spec_version", SPEC_VERSION)
+    if version == 1:
+        quant = data.get("quant")
+        if quant is None or isinstance(quant, Mapping):
+            data["quant"] = {**(quant or {}), "step_positivity": "clamp"}
+    elif version != SPEC_VERSION:
+        raise QgenError(f"spec_version: this qgen reads versions 1 and {SPEC_VERSION}, "
+                        f"got {version!r}")
+    return data
 
 
 def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:

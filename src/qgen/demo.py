@@ -26,11 +26,18 @@ def _label_key(label: str) -> tuple[int, str]:
     return (LABEL_ORDER.index(label) if label in LABEL_ORDER else len(LABEL_ORDER), label)
 
 
-def run_demo(out: Path, *, data_dir: Path | None = None, threads: int | None = None,
+#: torch threads per run: pinned, because thread count changes float sums and so the numbers
+DEMO_THREADS = 1
+
+
+def run_demo(out: Path, *, data_dir: Path | None = None, workers: int = 2,
              quiet: bool = False) -> Any:
     """Run the demo sweep into ``out``, write ``results.parquet``/``.csv`` there, return them.
 
-    Returns the collected pandas DataFrame, one row per run, sorted by bit width.
+    Every run trains and is measured with ``DEMO_THREADS`` torch thread, so the printed
+    numbers are the same on any machine with the same torch build; ``workers`` runs train
+    side by side (at most one per core). Returns the collected pandas DataFrame, one row per
+    run, sorted by bit width.
     """
     from qgen.measures import MeasureSpec
     from qgen.measures.cli import measure_with_progress
@@ -39,15 +46,18 @@ def run_demo(out: Path, *, data_dir: Path | None = None, threads: int | None = N
     from qgen.sweep.plan import expand, load_sweep
     from qgen.sweep.results import collect, write_table
 
+    import torch
+
+    from qgen.sweep.executors import cpu_cores
+
     plan = expand(load_sweep(DEMO_PRESET))
     runtime = Runtime(out_dir=out, data_dir=data_dir, quiet=True)
-    report = run_with_progress(plan, runtime, LocalExecutor(workers=1, threads=threads),
+    workers = max(1, min(workers, cpu_cores() // DEMO_THREADS, len(plan.specs)))
+    report = run_with_progress(plan, runtime,
+                               LocalExecutor(workers=workers, threads=DEMO_THREADS),
                                quiet=quiet)
     print_report(report, quiet)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    torch.set_num_threads(DEMO_THREADS)
     run_dirs = [Path(out) / rid for rid in plan.run_ids]
     measure_with_progress(run_dirs, MeasureSpec.preset("default", names=list(DEMO_MEASURES)),
                           data_dir=data_dir, device="cpu", force=False, quiet=quiet)

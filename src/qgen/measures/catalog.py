@@ -107,7 +107,7 @@ def search(ctx: MeasureContext, family: str, magnitude: bool) -> SearchResult:
 def _search_diag(res: SearchResult, key: str) -> dict[str, Any]:
     return {"scale": res.value, "search": key, "converged": res.converged,
             "saturated": res.saturated, "saturation": res.saturation,
-            "bracket": list(res.bracket)}
+            "bracket": list(res.bracket), "scale_stderr": res.value_stderr}
 
 
 # ------------------------------------------------------------------------- vector norms
@@ -422,13 +422,16 @@ def _sharpness_mag(ctx: MeasureContext, which: str) -> MeasureValue:
     delta = ctx.spec.delta
     ref = ws.dist_sq_norm if which == "init" else ws.sq_norm
     c = a**2 + 4 * math.log(2 * ws.omega / delta)
-    total = magnitude_log_sum(c, ref, _mag_denominator(ctx, which), a**2, ctx.spec.mag_eps)
+    # the floor of the perturbation: ε, or α'ε with the radius α'(|w| + ε)
+    eps = ctx.spec.mag_eps * (a if ctx.spec.sharpness_mag_radius == "scaled" else 1.0)
+    total = magnitude_log_sum(c, ref, _mag_denominator(ctx, which), a**2, eps)
     return MeasureValue(total + math.log(ctx.m / delta) + 10, diag)
 
 
 @register("sharpness.mag.init",
           equation="¼ Σ_i log[(ε² + (α'² + 4 log(2ω/δ))‖w−w0‖²/ω)/(ε² + α'²(w_i−w0_i)²)] "
-                   f"+ log(m/δ) + 10 ({JIANG}.5, sharpness-mag-init)",
+                   f"+ log(m/δ) + 10, ε → α'ε for the scaled radius ({JIANG}.5, "
+                   "sharpness-mag-init)",
           needs=("search.sharpness.mag", "weights", "w0"))
 def _shm_init(ctx: MeasureContext) -> MeasureValue:
     return _sharpness_mag(ctx, "init")
@@ -436,7 +439,8 @@ def _shm_init(ctx: MeasureContext) -> MeasureValue:
 
 @register("sharpness.mag.orig",
           equation="¼ Σ_i log[(ε² + (α'² + 4 log(2ω/δ))‖w‖²/ω)/(ε² + α'² w_i²)] "
-                   f"+ log(m/δ) + 10 ({JIANG}.5, sharpness-mag-orig)",
+                   f"+ log(m/δ) + 10, ε → α'ε for the scaled radius ({JIANG}.5, "
+                   "sharpness-mag-orig)",
           needs=("search.sharpness.mag", "weights"))
 def _shm_orig(ctx: MeasureContext) -> MeasureValue:
     return _sharpness_mag(ctx, "orig")

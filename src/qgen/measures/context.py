@@ -21,7 +21,7 @@ from qgen.errors import QgenError
 from qgen.measures.bnfold import FoldedTwin
 from qgen.measures.params import Prepared, prepare_model, reference_values
 from qgen.measures.perturb import Evaluator, Metrics
-from qgen.measures.search import SearchResult, bisect
+from qgen.measures.search import DeviationFn, SearchResult, bisect, threshold_search
 from qgen.measures.settings import MeasureSpec
 
 
@@ -96,9 +96,27 @@ class MeasureContext:
         parameters when there is one, else the prepared model itself."""
         return self.model if self._twin is None else self._twin.sync()
 
-    def evaluate(self) -> Metrics:
-        """Accuracy and loss of the current (possibly perturbed) network on the eval subset."""
-        return self.evaluator(self.eval_model())
+    def evaluate(self, idx: Tensor | None = None) -> Metrics:
+        """Accuracy and loss of the current (possibly perturbed) network on the eval subset
+        (or on its examples ``idx``)."""
+        if idx is None:
+            return self.evaluator(self.eval_model())
+        return self.evaluator.subset(self.eval_model(), idx)
+
+    def base_per_example(self) -> tuple[Tensor, Tensor]:
+        """Correctness and loss of the unperturbed model per eval-subset example (cached)."""
+        return self.cached("base_per_example",
+                           lambda: self.evaluator.per_example(self.eval_model()))
+
+    def draw_examples(self, key: str) -> Tensor | None:
+        """The seeded sample of ``mc_eval_examples`` eval-subset examples that draw ``key``
+        evaluates on (None: the whole subset). Its base metric comes from
+        :meth:`base_per_example`, so each draw's deviation is paired."""
+        n = self.spec.mc_eval_examples
+        if n is None or n >= len(self.x):
+            return None
+        gen = torch.Generator().manual_seed(self.seed(key))
+        return torch.randperm(len(self.x), generator=gen)[:n].to(self.device)
 
     def seed(self, key: str) -> int:
         """Seed of the random stream named ``key`` (see :func:`derive_seed`)."""
@@ -156,7 +174,8 @@ class MeasureContext:
             "noise_draws": "common random numbers across scales (one seeded stream per draw)",
             "ascent": "projected sign-gradient (box) / normalized-gradient (l2) ascent on "
                       "train cross-entropy, minibatches cycling through the eval subset; "
-                      "last iterate evaluated; worst restart kept",
+                      f"{self.spec.ascent_keep} iterate (by minibatch loss) evaluated; worst "
+                      "restart kept",
             "margin": "10th percentile (torch.quantile) of true minus best other logit on the "
                       "eval subset",
             "fft_spectral": "exact operator norm of the circular (periodic) convolution on "
@@ -165,17 +184,30 @@ class MeasureContext:
         }
 
 
-def family_search(ctx: MeasureContext, deviation: Callable[[float], float],
-                  magnitude: bool) -> SearchResult:
-    """Bisection of one measure family's scale (σ, σ', α or α') with ``ctx.spec``'s settings.
+def family_search(ctx: MeasureContext, deviation: DeviationFn, magnitude: bool, *,
+                  refine: DeviationFn | None = None, floor: bool | None = None) -> SearchResult:
+    """The search of one measure family's scale (σ, σ', α or α') with ``ctx.spec``'s
+    settings: :func:`~qgen.measures.search.threshold_search` (``refine`` re-measures the final
+    bracket ends) or, with ``search='bisect'``, :func:`~qgen.measures.search.bisect`.
 
-    A magnitude-aware search (ε floor > 0) first probes the interval's lower end, since the
-    ε-noise alone may already exceed the target deviation (saturation at the bottom).
+    A search whose perturbation has a floor at the interval's lower end (``floor``; default:
+    a magnitude-aware family with ε > 0) first probes that end, since the ε-noise alone may
+    already exceed the target deviation (saturation at the bottom).
     """
     spec = ctx.spec
-    result = bisect(deviation, target=spec.target_deviation, tolerance=spec.target_tolerance,
-                    lo=spec.bisect_lo, hi=spec.bisect_hi, steps=spec.bisect_steps,
-                    min_width=spec.bisect_min_width,
-                    probe_lo=spec.bisect_lo > 0 or (magnitude and spec.mag_eps > 0))
+    if floor is None:
+        floor = magnitude and spec.mag_eps > 0
+    probe = spec.bisect_lo > 0 or floor
+    if spec.search == "bisect":
+        result = bisect(deviation, target=spec.target_deviation,
+                        tolerance=spec.target_tolerance, lo=spec.bisect_lo, hi=spec.bisect_hi,
+                        steps=spec.bisect_steps, min_width=spec.bisect_min_width,
+                        probe_lo=probe)
+    else:
+        result = threshold_search(deviation, target=spec.target_deviation, lo=spec.bisect_lo,
+                                  hi=spec.bisect_hi, steps=spec.bisect_steps,
+                                  rel_width=spec.bisect_rel_width,
+                                  min_width=spec.bisect_min_width, probe_lo=floor,
+                                  refine=refine)
     result.reference = ctx.base_metrics().get(spec.target)
     return result

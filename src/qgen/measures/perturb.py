@@ -119,6 +119,27 @@ class Evaluator:
         return Metrics(correct / n, loss_sum / n)
 
     @torch.no_grad()
+    def subset(self, model: nn.Module, idx: Tensor) -> Metrics:
+        """Accuracy and mean cross-entropy of ``model`` on the stored examples ``idx``."""
+        x, y = self.x[idx], self.y[idx]
+        correct = 0
+        loss_sum = 0.0
+        for i in range(0, len(x), self.batch_size):
+            logits = upcast(model(x[i:i + self.batch_size]))
+            yb = y[i:i + self.batch_size]
+            correct += int((logits.argmax(1) == yb).sum())
+            loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+        return Metrics(correct / len(x), loss_sum / len(x))
+
+    @torch.no_grad()
+    def per_example(self, model: nn.Module) -> tuple[Tensor, Tensor]:
+        """Per stored example: correct (1.0/0.0) and cross-entropy, as float64 tensors."""
+        logits = self.logits(model)
+        correct = (logits.argmax(1) == self.y).double()
+        loss = F.cross_entropy(logits, self.y, reduction="none").double()
+        return correct, loss
+
+    @torch.no_grad()
     def logits(self, model: nn.Module) -> Tensor:
         """Logits of ``model`` on the stored data."""
         return torch.cat([upcast(model(self.x[i:i + self.batch_size]))

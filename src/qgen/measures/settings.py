@@ -40,16 +40,22 @@ _PRESET_FIELDS: dict[str, dict[str, Any]] = {
     # evaluates the full train set each draw; pass eval_subset=None for that) and our
     # saturation flag; the returned sigma is the bracket midpoint when unconverged (the
     # public code returns the last midpoint: the two differ by < 2/2**16 after 15 steps).
+    # Its search is a plain bisection on [0, 2], 15 steps, 10 draws per sigma, stopping at
+    # the first sigma whose |mean accuracy - base| is within 0.01 of 0.1.
     "dziugaite2020": {
         "gauss_std": "sigma_squared",
         "mag_noise": "std",
         "params": "all",
         "bn": "fold",
         "mag_orig_denominator": "w_minus_w0",
+        **{"search": "bisect", "deviation": "absolute", "bisect_lo": 0.0, "bisect_hi": 2.0,
+           "bisect_steps": 15, "mc_draws": 10, "mc_stderr": 0.0, "mc_eval_examples": None},
     },
     # Jiang et al. 2020's search settings: bisection on [0, 5], 20 steps, stop once the
     # bracket is narrower than 5e-3.
-    "jiang2020": {"bisect_hi": 5.0, "bisect_steps": 20, "bisect_min_width": 5e-3},
+    "jiang2020": {"search": "bisect", "deviation": "absolute", "bisect_lo": 0.0,
+                  "bisect_hi": 5.0, "bisect_steps": 20, "bisect_min_width": 5e-3,
+                  "mc_draws": 10, "mc_stderr": 0.0, "mc_eval_examples": None},
 }
 
 
@@ -75,7 +81,13 @@ class MeasureSpec(_Spec):
     - ``eval_subset`` [9]: size of the seeded train subset every evaluation uses
       (``None`` = the full train set); ``eval_batch``: forward batch size (speed only).
     - ``target`` [5]: 'accuracy' (train-accuracy deviation) or 'loss' (train cross-entropy
-      deviation); ``target_deviation`` and ``target_tolerance`` (0.1 ± 0.01).
+      deviation); ``target_deviation`` (0.1); ``deviation``: 'increase' (the increase of the
+      0-1 error, or of the loss: E[err(w+u)] − err(w), negative when noise helps, as the
+      PAC-Bayes bound needs it) or 'absolute' (|mean − base|, the reference codes').
+    - ``search`` [10]: 'threshold' (default: narrow the bracket to ``bisect_rel_width`` of
+      the value, log scale, interpolated; see :mod:`qgen.measures.search`) or 'bisect' (the
+      reference codes': stop at the first midpoint within ``target_tolerance`` of the
+      target, which gives dyadic values that tie).
     - ``gauss_std`` [1]: Gaussian noise std is 'sigma' or 'sigma_squared' (the public code).
     - ``mag_noise`` [2]: magnitude-aware noise sigma^2 w^2 + eps^2 is the 'variance' or the
       'std' (the public code); ``mag_eps`` is eps, the floor that lets zero weights move.
@@ -86,22 +98,39 @@ class MeasureSpec(_Spec):
     - ``quant_mode`` [14]: 'latent' (perturb the float latent weights, quantizers active,
       step sizes frozen) or 'dequantized' (perturb the dequantized weights, weight quantizers
       bypassed; activation quantizers stay active).
-    - ``mc_draws`` [6]: Monte-Carlo draws per sigma (their mean is compared with the target).
+    - Monte-Carlo draws per sigma [6]. 'threshold' search: each scale tried gets
+      ``mc_min_draws`` to ``mc_search_draws`` draws, stopping once the mean deviation is
+      ``mc_decision_z`` standard errors from the target (with ``early_stop``); the two ends of
+      the final bracket are then drawn until the standard error of the deviation is at most
+      ``mc_stderr`` or ``mc_draws`` draws (the cap) are made, and the bracket is moved if the
+      threshold moved. 'bisect' search: ``mc_draws`` draws at every scale (``mc_stderr`` = 0).
+      ``mc_eval_examples``: each draw is evaluated on its own seeded sample of this many
+      eval-subset examples, paired with the unperturbed model's metric on the same sample
+      (None: every draw on the whole eval subset). A draw's accuracy varies mostly with its
+      noise direction (sd ~0.07 at the threshold on the demo's NiN) and little with 500
+      examples instead of 2,000 (binomial sd ~0.018), so four cheaper draws beat one costly
+      one for the same precision.
     - ``sharpness_set`` [7]: 'box' (|u_i| <= r_i) or 'l2' (||u / r||_2 <= 1), with
-      r_i = alpha (plain) or alpha |w_i| + eps (magnitude-aware).
+      r_i = alpha (plain) or, magnitude-aware, ``sharpness_mag_radius`` 'scaled':
+      alpha (|w_i| + eps) (the floor shrinks with alpha, so it can never dominate) or
+      'additive': alpha |w_i| + eps (Jiang et al.'s; with eps = 1e-3 the eps-box alone moves
+      the demo models' accuracy by > 0.1, so every search saturates).
     - ``ascent_*`` [8]: projected (sign-)gradient ascent on the train cross-entropy:
       steps, random restarts (the worst is kept), step size as a fraction of the radius,
-      minibatch size (batches cycle through the eval subset).
-    - ``bisect_*`` [10]: initial bracket, maximum steps, and an optional stop once the
-      bracket is narrower than ``bisect_min_width`` (0 = off).
+      minibatch size (batches cycle through the eval subset); ``ascent_keep``: evaluate the
+      iterate with the largest minibatch loss ('best') or the last one ('last').
+    - ``bisect_*`` [10]: initial bracket [lo, hi], maximum search steps, the relative
+      bracket width the 'threshold' search stops at, and an optional absolute width
+      ``bisect_min_width`` to stop at (0 = off).
     - ``delta``: the confidence parameter in the magnitude-aware sharpness bound.
     - ``mag_orig_denominator``: 'w' (w_i^2, measures.md) or 'w_minus_w0' (the public code).
     - ``hessian_samples`` / ``power_iters`` / ``hessian_batch``: Hutchinson probes, power
       iterations and the size of the seeded batch the curvature is computed on.
-    - ``early_stop``: stop drawing (PAC-Bayes draws, sharpness restarts) once the bisection's
-      decision at this scale is certain whatever the remaining draws give. The decisions,
-      hence the searched value, are those of the full computation; the trace then holds the
-      draws actually made. Off: every draw is made.
+    - ``early_stop``: stop drawing (PAC-Bayes draws, sharpness restarts) once the search's
+      decision at this scale is settled: for 'bisect', certain whatever the remaining draws
+      give (the decisions are those of the full computation); for 'threshold', the sequential
+      ``mc_decision_z`` rule above (sharpness: as soon as one restart exceeds the target,
+      which is exact since the worst case can only grow). Off: every draw is made.
     - ``preset_name``: the preset these settings started from (a label; the fields above
       are what counts).
     """
@@ -115,21 +144,31 @@ class MeasureSpec(_Spec):
     target: str = "accuracy"
     target_deviation: float = 0.1
     target_tolerance: float = 0.01
+    deviation: str = "increase"
+    search: str = "threshold"
     gauss_std: str = "sigma"
     mag_noise: str = "variance"
     mag_eps: float = 1e-3
     params: str = "weights"
     bn: str = "eval"
     quant_mode: str = "latent"
-    mc_draws: int = 10
+    mc_draws: int = 200
+    mc_search_draws: int = 10
+    mc_min_draws: int = 3
+    mc_stderr: float = 0.005
+    mc_decision_z: float = 3.0
+    mc_eval_examples: int | None = 500
     sharpness_set: str = "box"
+    sharpness_mag_radius: str = "scaled"
     ascent_steps: int = 20
     ascent_restarts: int = 2
     ascent_lr: float = 0.1
     ascent_batch: int = 128
-    bisect_lo: float = 0.0
+    ascent_keep: str = "best"
+    bisect_lo: float = 1e-6
     bisect_hi: float = 2.0
-    bisect_steps: int = 15
+    bisect_steps: int = 30
+    bisect_rel_width: float = 0.01
     bisect_min_width: float = 0.0
     delta: float = 0.1
     mag_orig_denominator: str = "w"
@@ -164,8 +203,19 @@ class MeasureSpec(_Spec):
         _check_choice(w + "params", self.params, ("weights", "all"))
         _check_choice(w + "bn", self.bn, ("eval", "fold"))
         _check_choice(w + "quant_mode", self.quant_mode, ("latent", "dequantized"))
+        _check_choice(w + "deviation", self.deviation, ("increase", "absolute"))
+        _check_choice(w + "search", self.search, ("threshold", "bisect"))
         _check_int(w + "mc_draws", self.mc_draws, 1, 100000)
+        _check_int(w + "mc_search_draws", self.mc_search_draws, 1, 100000)
+        _check_int(w + "mc_min_draws", self.mc_min_draws, 2, 100000)
+        _float_field(self, "mc_stderr", w + "mc_stderr", 0.0, 1.0)
+        _float_field(self, "mc_decision_z", w + "mc_decision_z", 0.0, 100.0, lo_open=True)
+        if self.mc_eval_examples is not None:
+            _check_int(w + "mc_eval_examples", self.mc_eval_examples, 1)
         _check_choice(w + "sharpness_set", self.sharpness_set, ("box", "l2"))
+        _check_choice(w + "sharpness_mag_radius", self.sharpness_mag_radius,
+                      ("scaled", "additive"))
+        _check_choice(w + "ascent_keep", self.ascent_keep, ("best", "last"))
         _check_int(w + "ascent_steps", self.ascent_steps, 0, 100000)
         _check_int(w + "ascent_restarts", self.ascent_restarts, 1, 1000)
         _float_field(self, "ascent_lr", w + "ascent_lr", 0.0, 100.0, lo_open=True)
@@ -176,6 +226,7 @@ class MeasureSpec(_Spec):
             _fail(w + "bisect_hi", f"must be > bisect_lo ({self.bisect_lo}), "
                   f"got {self.bisect_hi}")
         _check_int(w + "bisect_steps", self.bisect_steps, 1, 200)
+        _float_field(self, "bisect_rel_width", w + "bisect_rel_width", 0.0, 1.0, lo_open=True)
         _float_field(self, "bisect_min_width", w + "bisect_min_width", 0.0, 1e6)
         _float_field(self, "delta", w + "delta", 0.0, 1.0, lo_open=True)
         _check_choice(w + "mag_orig_denominator", self.mag_orig_denominator,

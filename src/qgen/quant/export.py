@@ -3,7 +3,8 @@
 The file is safetensors (no pickle). It holds the model's ``state_dict`` with one change: the
 latent float weight ``<layer>.weight`` of every weight-quantized layer is replaced by its
 integer codes ``<layer>.weight_int`` (int8; every LSQ weight code fits since bits <= 8), next
-to the step ``<layer>.w_quant.step``. Activation steps (``<layer>.a_quant.step``), each
+to the step ``<layer>.w_quant.step``. Every step is stored as the step in use,
+``max(|s|, eps)`` (positive). Activation steps (``<layer>.a_quant.step``), each
 quantizer's signedness and initialized flag (``<layer>.*_quant._extra_state``: int8
 [signed -1/0/1, initialized 0/1]), biases, BatchNorm and every other tensor are kept as they are.
 The metadata records the format and each layer's bit widths, so a file that does not fit the
@@ -25,7 +26,7 @@ from torch import nn
 
 from qgen.errors import QgenError
 from qgen.io import load_tensors, save_tensors
-from qgen.quant.lsq import _broadcast_shape, step_eps
+from qgen.quant.lsq import broadcast_shape, effective_step
 from qgen.quant.model import quant_layers, quantizers
 
 FORMAT = "qgen-lsq-v1"
@@ -74,6 +75,8 @@ def export_quantized(model: nn.Module, path: str | Path,
     meta[META_LAYERS] = json.dumps(_layer_table(model), separators=(",", ":"))
 
     tensors = dict(model.state_dict())
+    for name, q in quantizers(model):  # the steps in use, max(|s|, eps): positive in the file
+        tensors[f"{name}.step"] = q.effective_step()
     for name, layer in layers:
         if layer.w_quant is not None:
             prefix = f"{name}." if name else ""
@@ -136,10 +139,10 @@ def load_quantized(path: str | Path, model: nn.Module) -> nn.Module:
         if lo < -wq.Qn or hi > wq.Qp:
             raise QgenError(f"{path}: layer {name!r} has codes in [{lo}, {hi}], outside the "
                             f"{wq.bits}-bit range [{-wq.Qn}, {wq.Qp}]")
-        # Same product as the quantizer's forward: codes (as floats) times max(step, eps).
-        s = step.to(layer.weight.dtype).clamp_min(step_eps(layer.weight.dtype))
+        # Same product as the quantizer's forward: codes (as floats) times max(|step|, eps).
+        s = effective_step(step.to(layer.weight.dtype))
         if wq.per_channel:
-            s = s.view(_broadcast_shape(codes.dim(), wq.ch_axis, s.numel()))
+            s = s.view(broadcast_shape(codes.dim(), wq.ch_axis, s.numel()))
         tensors[prefix + "weight"] = codes.to(layer.weight.dtype) * s
     try:
         model.load_state_dict(tensors, strict=True)

@@ -18,6 +18,15 @@ Conventions for N (tested in ``tests/test_quant.py``):
   tensor, which would under-scale every channel's gradient by sqrt(C);
 - activations: N = features per example = ``numel / batch``, read from each input's shape.
 
+Positivity: the quantizer uses ``s_eff = max(|s|, eps)`` and the step gradient is multiplied
+by sign(s) (+1 at 0), so the learned parameter may cross zero without harm: an optimizer step
+that overshoots to -0.003 quantizes with 0.003, and the optimizer state (momentum) stays
+that of the parameter it updates. Projecting the parameter onto a tiny floor instead kills
+the layer: with SGD momentum a step overshoots below zero within a few updates, lands on the
+floor, every code clips, the layer's output falls under BatchNorm's eps and the step gradient
+explodes (docs/quantization.md has the measurement). eps (1e-8) only keeps an exactly-zero
+step finite.
+
 :func:`lsq_fake_quant` is one autograd Function with a hand-written forward and backward:
 six elementwise ops give the output, the STE mask and the per-element step-gradient factor;
 the backward is one multiply (input gradient) and one dot product (step gradient). Activations
@@ -41,6 +50,10 @@ from qgen.errors import QgenError
 STEP_EPS = 1e-8
 
 
+#: how a step is kept positive (see LSQQuantizer): 'abs' (default) or 'clamp' (spec version 1)
+POSITIVITY_RULES = ("abs", "clamp")
+
+
 def qrange(bits: int, signed: bool) -> tuple[int, int]:
     """``(Qn, Qp)`` of a ``bits``-bit quantizer: the codes are the integers in [-Qn, Qp]."""
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
@@ -54,6 +67,11 @@ def qrange(bits: int, signed: bool) -> tuple[int, int]:
 def step_eps(dtype: torch.dtype) -> float:
     """The positivity floor of a step of ``dtype`` (never below the type's smallest normal)."""
     return max(STEP_EPS, torch.finfo(dtype).tiny)
+
+
+def effective_step(step: Tensor) -> Tensor:
+    """The step the quantizer uses: ``max(|s|, eps)`` (see "Positivity" in the module docstring)."""
+    return step.abs().clamp_min(step_eps(step.dtype))
 
 
 def lsq_init_step(v: Tensor, qp: int, ch_axis: int | None = None) -> Tensor:
@@ -71,7 +89,7 @@ def lsq_init_step(v: Tensor, qp: int, ch_axis: int | None = None) -> Tensor:
         return (2.0 * mean / math.sqrt(qp)).clamp_min(step_eps(v.dtype))
 
 
-def _broadcast_shape(ndim: int, ch_axis: int, channels: int) -> tuple[int, ...]:
+def broadcast_shape(ndim: int, ch_axis: int, channels: int) -> tuple[int, ...]:
     shape = [1] * ndim
     shape[ch_axis] = channels
     return tuple(shape)
@@ -115,8 +133,8 @@ class _LSQFunction(torch.autograd.Function):
 
     Inputs: ``v``; ``step`` (shape () or (C,)); ``qn``, ``qp``; ``grad_scale`` g;
     ``ch_axis`` (None for a per-tensor step); ``recompute``. The forward uses
-    ``max(step, eps)``; the step's gradient passes that floor straight through, so a step
-    pushed below it can come back.
+    ``max(|step|, eps)``; the step's gradient is multiplied by sign(step) (+1 at zero) and
+    passes the eps floor straight through.
 
     ``recompute=False`` keeps the mask and d v_hat/d s from the forward (two tensors the size
     of ``v``); ``recompute=True`` keeps only ``v`` (which autograd usually holds anyway, e.g. as
@@ -128,11 +146,10 @@ class _LSQFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v: Tensor, step: Tensor, qn: int, qp: int,  # type: ignore[override]
                 grad_scale: float, ch_axis: int | None, recompute: bool) -> Tensor:
-        # s is a new tensor, not the Parameter: projecting the step in place later does not
-        # invalidate what the backward holds.
-        s = step.clamp_min(step_eps(step.dtype))
+        s = effective_step(step)
+        ctx.negative = (step < 0) if ctx.needs_input_grad[1] else None
         if ch_axis is not None:
-            s = s.view(_broadcast_shape(v.dim(), ch_axis, s.numel()))
+            s = s.view(broadcast_shape(v.dim(), ch_axis, s.numel()))
         need_v, need_s = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         ctx.grad_scale, ctx.ch_axis, ctx.qn, ctx.qp = grad_scale, ch_axis, qn, qp
         ctx.step_dtype, ctx.step_shape, ctx.recompute = step.dtype, step.shape, recompute
@@ -159,6 +176,8 @@ class _LSQFunction(torch.autograd.Function):
             if grad_s.dtype != ctx.step_dtype:  # e.g. a float64 input with a float32 step
                 grad_s = grad_s.to(ctx.step_dtype)
             grad_s = grad_s.reshape(ctx.step_shape)
+            # d|s|/ds = sign(s): a negative parameter moves the other way (module docstring)
+            grad_s = torch.where(ctx.negative, -grad_s, grad_s)
         grad_v = None
         if need_v:
             if ctx.recompute and not torch.is_grad_enabled():
@@ -180,9 +199,9 @@ def lsq_fake_quant(v: Tensor, step: Tensor, qn: int, qp: int, grad_scale: float,
     """
     if torch.is_grad_enabled() and (v.requires_grad or step.requires_grad):
         return _LSQFunction.apply(v, step, qn, qp, grad_scale, ch_axis, recompute)
-    s = step.clamp_min(step_eps(step.dtype))
+    s = effective_step(step)
     if ch_axis is not None:
-        s = s.view(_broadcast_shape(v.dim(), ch_axis, s.numel()))
+        s = s.view(broadcast_shape(v.dim(), ch_axis, s.numel()))
     return _fake_quant_nograd(v, s, qn, qp)
 
 
@@ -199,9 +218,12 @@ class LSQQuantizer(nn.Module):
       started with :meth:`init_from` (``quantize_model`` does it); activation quantizers start
       lazily on their first enabled forward, in place into the registered Parameter so an
       optimizer built before still holds it.
-    - positivity: in training mode each forward first projects the step onto [eps, inf) in
-      place (no_grad), so an optimizer step that drove it negative is undone before use; and
-      the quantization itself always uses max(step, eps), so any forward stays finite.
+    - ``positivity``: 'abs' (default): the quantization uses ``max(|step|, eps)``
+      (:func:`effective_step`; module docstring) and the parameter is never projected, so
+      optimizer state stays valid. 'clamp': each training forward first projects the parameter
+      onto [eps, inf) in place, the rule of spec version 1, kept to reproduce runs made with
+      it (an overshoot lands on eps and can kill the layer). :meth:`effective_step` is the
+      step in use; exports and reports give that value.
     - ``enabled``: False makes the forward the identity (exactly: the input is returned).
     - ``recompute``: rebuild the STE mask and step-gradient factor in the backward instead of
       keeping them from the forward. None (default) chooses: recompute for activations on the
@@ -215,11 +237,15 @@ class LSQQuantizer(nn.Module):
 
     def __init__(self, bits: int, signed: bool | None = None, per_channel: bool = False,
                  ch_axis: int = 0, num_channels: int | None = None,
-                 role: str = "activation") -> None:
+                 role: str = "activation", positivity: str = "abs") -> None:
         super().__init__()
         qrange(bits, True)  # validates bits
         if role not in ("weight", "activation"):
             raise QgenError(f"quantizer role: must be 'weight' or 'activation', got {role!r}")
+        if positivity not in POSITIVITY_RULES:
+            raise QgenError(f"quantizer positivity: must be one of "
+                            f"{', '.join(POSITIVITY_RULES)}, got {positivity!r}")
+        self.positivity = positivity
         if per_channel and (num_channels is None or num_channels < 1):
             raise QgenError("quantizer: per_channel needs num_channels >= 1")
         self.bits = bits
@@ -265,12 +291,9 @@ class LSQQuantizer(nn.Module):
         self.step.copy_(s0.to(self.step.dtype).reshape(self.step.shape))
         self.initialized = True
 
-    def _step_for_use(self) -> Tensor:
-        if self.training and isinstance(self.step, nn.Parameter):
-            # Projection after whatever the optimizer did (see class docstring).
-            with torch.no_grad():
-                self.step.clamp_min_(step_eps(self.step.dtype))
-        return self.step
+    def effective_step(self) -> Tensor:
+        """The step in use, ``max(|step|, eps)`` (detached)."""
+        return effective_step(self.step.detach())
 
     def forward(self, v: Tensor) -> Tensor:
         """Fake-quantize ``v`` (identity when disabled)."""
@@ -278,7 +301,10 @@ class LSQQuantizer(nn.Module):
             return v
         if not self.initialized:
             self.init_from(v)
-        step = self._step_for_use()
+        step = self.step
+        if self.positivity == "clamp" and self.training:
+            with torch.no_grad():
+                step.clamp_min_(step_eps(step.dtype))
         qn, qp = qrange(self.bits, self.signed)  # type: ignore[arg-type]
         recompute = self.recompute
         if recompute is None:
@@ -291,9 +317,9 @@ class LSQQuantizer(nn.Module):
         """The integer codes ``round(clip(v/s, -Qn, Qp))``: int8 when signed, uint8 when not."""
         if not self.initialized:
             raise RuntimeError("LSQQuantizer.integer: the step is not initialized yet")
-        s = self.step.clamp_min(step_eps(self.step.dtype))
+        s = self.effective_step()
         if self.per_channel:
-            s = s.view(_broadcast_shape(v.dim(), self.ch_axis, s.numel()))
+            s = s.view(broadcast_shape(v.dim(), self.ch_axis, s.numel()))
         codes = (v / s).clamp_(-self.Qn, self.Qp).round_()
         return codes.to(torch.int8 if self.signed else torch.uint8)
 
@@ -312,4 +338,6 @@ class LSQQuantizer(nn.Module):
         """Bits, sign, granularity, role and whether it is on (shown by ``print(model)``)."""
         sign = "auto" if self.signed is None else ("signed" if self.signed else "unsigned")
         gran = f"channel(axis={self.ch_axis})" if self.per_channel else "tensor"
-        return f"bits={self.bits}, {sign}, {gran}, role={self.role}, enabled={self.enabled}"
+        pos = "" if self.positivity == "abs" else f", positivity={self.positivity}"
+        return (f"bits={self.bits}, {sign}, {gran}, role={self.role}, "
+                f"enabled={self.enabled}{pos}")

@@ -97,7 +97,8 @@ def quantize_model(model: nn.Module, spec: QuantSpec,
             if fnmatch(name, pattern):
                 signed = bool(forced)
         cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
-        replaced[id(layer)] = cls.from_float(layer, w_bits, a_bits, per_channel, signed)
+        replaced[id(layer)] = cls.from_float(layer, w_bits, a_bits, per_channel, signed,
+                                             spec.step_positivity)
     if id(model) in replaced:
         return replaced[id(model)]
     # Walk every parent (not named_modules, which skips a layer registered twice).
@@ -156,13 +157,14 @@ def param_groups(model: nn.Module, weight_decay: float,
 def _step_value(q: LSQQuantizer | None) -> float | list[float] | None:
     if q is None or not q.initialized:
         return None
-    values = q.step.detach().cpu().tolist()
+    values = q.effective_step().cpu().tolist()
     return values if q.per_channel else float(values)
 
 
 def quant_report(model: nn.Module) -> list[dict[str, Any]]:
     """Per quantized layer: name, kind, w_bits, a_bits, a_signed, granularity, w_step, a_step
-    (steps are floats, a list per channel, or None before an activation's first batch)."""
+    (the steps in use, max(|s|, eps): floats, a list per channel, or None before an
+    activation's first batch)."""
     rows = []
     for name, layer in quant_layers(model):
         wq, aq = layer.w_quant, layer.a_quant

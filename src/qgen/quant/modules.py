@@ -16,17 +16,19 @@ from qgen.quant.lsq import LSQQuantizer
 
 
 def _make_quantizers(layer: QuantConv2d | QuantLinear, w_bits: int | None, a_bits: int | None,
-                     per_channel: bool, a_signed: bool | None) -> None:
+                     per_channel: bool, a_signed: bool | None, positivity: str) -> None:
     layer.w_quant = None
     layer.a_quant = None
     where = (layer.weight.device, layer.weight.dtype)  # steps live with the weight
     if w_bits is not None:
         out_channels = layer.weight.shape[0]
         layer.w_quant = LSQQuantizer(w_bits, signed=True, per_channel=per_channel, ch_axis=0,
-                                     num_channels=out_channels, role="weight").to(*where)
+                                     num_channels=out_channels, role="weight",
+                                     positivity=positivity).to(*where)
         layer.w_quant.init_from(layer.weight)
     if a_bits is not None:
-        layer.a_quant = LSQQuantizer(a_bits, signed=a_signed, role="activation").to(*where)
+        layer.a_quant = LSQQuantizer(a_bits, signed=a_signed, role="activation",
+                                     positivity=positivity).to(*where)
 
 
 class _QuantMixin:
@@ -56,7 +58,8 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, w_bits: int | None, a_bits: int | None,
-                   per_channel: bool = False, a_signed: bool | None = None) -> QuantConv2d:
+                   per_channel: bool = False, a_signed: bool | None = None,
+                   positivity: str = "abs") -> QuantConv2d:
         """Wrap ``conv``: same hyperparameters, the same weight/bias Parameter objects."""
         new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
                   padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
@@ -64,7 +67,7 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
                   dtype=conv.weight.dtype)
         new.weight = conv.weight
         new.bias = conv.bias
-        _make_quantizers(new, w_bits, a_bits, per_channel, a_signed)
+        _make_quantizers(new, w_bits, a_bits, per_channel, a_signed, positivity)
         new.train(conv.training)
         return new
 
@@ -82,13 +85,14 @@ class QuantLinear(_QuantMixin, nn.Linear):
 
     @classmethod
     def from_float(cls, linear: nn.Linear, w_bits: int | None, a_bits: int | None,
-                   per_channel: bool = False, a_signed: bool | None = None) -> QuantLinear:
+                   per_channel: bool = False, a_signed: bool | None = None,
+                   positivity: str = "abs") -> QuantLinear:
         """Wrap ``linear``: same shape, the same weight/bias Parameter objects."""
         new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
                   device="meta", dtype=linear.weight.dtype)
         new.weight = linear.weight
         new.bias = linear.bias
-        _make_quantizers(new, w_bits, a_bits, per_channel, a_signed)
+        _make_quantizers(new, w_bits, a_bits, per_channel, a_signed, positivity)
         new.train(linear.training)
         return new
 

@@ -11,7 +11,9 @@ Columns (prefixes after nitarshan/robust-generalization-measures' tidy results):
 - ``measure.<name>``: each value of the run's ``measures.json`` (see qgen.measures.store);
 - ``robust.<path>``: each number in ``result["robustness"]``, nested keys joined by dots;
 - ``meta.*``: ``num_params``, ``device``, ``threads``, ``torch``, ``qgen`` versions,
-  ``measure_preset`` and ``saturated.<family>`` (a measure search that ended at a bound).
+  ``measure_preset``, ``saturated.<family>`` (a measure search that ended at a bound), and
+  the training-health verdict: ``healthy`` (False: never report the run as a normal model),
+  ``health_flags`` (why), ``max_ce_rise`` and ``max_step_decades``.
 
 Types are chosen so that pandas, Parquet and DuckDB agree: integer spec fields are nullable
 64-bit integers, floats are float64, flags are nullable booleans, names are strings.
@@ -129,6 +131,12 @@ def _row_for(run_dir: Path) -> dict[str, Any] | None:
         if isinstance(result.get("robustness"), dict):
             _flatten_numbers(result["robustness"], "robust", robust)
         row.update(robust)
+        health = result.get("health")
+        if isinstance(health, dict):  # runs from before the health check have none
+            row["meta.healthy"] = bool(health.get("healthy"))
+            row["meta.health_flags"] = "; ".join(health.get("flags") or [])
+            row["meta.max_ce_rise"] = _number(health.get("max_ce_rise"))
+            row["meta.max_step_decades"] = _number(health.get("max_step_decades"))
         versions = result.get("versions") or {}
         row.update({"meta.num_params": result.get("num_params"),
                     "meta.device": result.get("device"), "meta.threads": result.get("threads"),
@@ -175,8 +183,13 @@ def collect(out_dir: str | Path) -> Any:
     order += [c for c in df.columns if c not in order]
     df = df[order]
     for col in df.columns:
-        if col in base or col in ("meta.device", "meta.torch", "meta.qgen"):
+        if col in base or col in ("meta.device", "meta.torch", "meta.qgen",
+                                  "meta.health_flags"):
             df[col] = df[col].astype("string")
+        elif col == "meta.healthy":
+            df[col] = df[col].astype("boolean")
+        elif col in ("meta.max_ce_rise", "meta.max_step_decades"):
+            df[col] = df[col].astype("float64")
         elif col in hp:
             df[col] = df[col].astype(hp[col])
         elif col in ("gen.steps", "meta.num_params", "meta.threads") or (

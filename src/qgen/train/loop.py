@@ -21,6 +21,8 @@ from torch import Tensor, nn
 
 from qgen.config import QuantSpec, TrainSpec
 from qgen.data import TensorLoader
+from qgen.quant import param_groups
+from qgen.quant.steps import StepTracker
 from qgen.train.evaluate import evaluate
 
 #: an epoch's mean minibatch loss below NEAR_FACTOR × target triggers a full-train check
@@ -39,6 +41,9 @@ class TrainOutcome:
     steps: int
     history: list[dict[str, Any]] = field(default_factory=list)
     checks: list[dict[str, Any]] = field(default_factory=list)
+    #: per quantizer: initial/final step and largest relative change (StepTracker.report)
+    step_sizes: list[dict[str, Any]] = field(default_factory=list)
+    step_tracking: dict[str, Any] = field(default_factory=dict)
 
 
 def make_optimizer(model: nn.Module, spec: TrainSpec,
@@ -46,12 +51,18 @@ def make_optimizer(model: nn.Module, spec: TrainSpec,
     """SGD with momentum or Adam over the model's parameters.
 
     With quantizers in the model, step sizes get their own group without weight decay
-    unless ``quant.step_weight_decay`` (LSQ does not decay step sizes).
+    unless ``quant.step_weight_decay`` (LSQ does not decay step sizes), with the learning
+    rate scaled by ``quant.step_lr_scale`` (kept in the group as ``lr_scale``, which the
+    schedule honours) and, for SGD, momentum ``quant.step_momentum`` when set.
     """
     if quant is not None and quant.enabled:
-        from qgen.quant import param_groups
-
         groups = param_groups(model, spec.weight_decay, quant.step_weight_decay)
+        for group in groups:
+            if group.get("name") == "steps":
+                group["lr_scale"] = quant.step_lr_scale
+                group["lr"] = spec.lr * quant.step_lr_scale
+                if quant.step_momentum is not None and spec.optimizer == "sgd":
+                    group["momentum"] = quant.step_momentum
     else:
         groups = [{"params": [p for p in model.parameters() if p.requires_grad],
                    "weight_decay": spec.weight_decay}]
@@ -86,10 +97,28 @@ def train_model(
     model.to(device)
     loader = TensorLoader(train_x, train_y, spec.batch_size, shuffle=True, augment=augment,
                           seed=spec.seed, device=device)
+    optimizer = make_optimizer(model, spec, quant)
+    tracker = None
+    if quant is not None and quant.enabled:
+        tracker = StepTracker(model, quant.step_max_rel_change)
+    outcome = TrainOutcome(status="max_epochs", epochs=0, steps=0)
+    try:
+        _train_epochs(model, loader, train_x, train_y, spec, optimizer, tracker, outcome,
+                      on_step, on_epoch)
+    finally:
+        if tracker is not None:
+            outcome.step_sizes = tracker.report()
+            outcome.step_tracking = tracker.summary()
+    return outcome
+
+
+def _train_epochs(model: nn.Module, loader: TensorLoader, train_x: Tensor, train_y: Tensor,
+                  spec: TrainSpec, optimizer: torch.optim.Optimizer, tracker: StepTracker | None,
+                  outcome: TrainOutcome,
+                  on_step: Callable[[int, int, float], None] | None,
+                  on_epoch: Callable[[dict[str, Any]], None] | None) -> None:
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * spec.max_epochs
-    optimizer = make_optimizer(model, spec, quant)
-    outcome = TrainOutcome(status="max_epochs", epochs=0, steps=0)
     close = False
     check_every = max(1, steps_per_epoch // CHECKS_PER_EPOCH_WHEN_CLOSE)
 
@@ -110,16 +139,20 @@ def train_model(
                 continue
             lr = _lr_at(spec, outcome.steps, total_steps)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             loss = F.cross_entropy(model(xb), yb)
             if not torch.isfinite(loss):
                 outcome.status = "diverged"
                 outcome.epochs = epoch + i / steps_per_epoch
                 outcome.history.append({"epoch": epoch + 1, "diverged_at_step": outcome.steps})
-                return outcome
+                return
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if tracker is not None:
+                tracker.before_update()
             optimizer.step()
+            if tracker is not None:
+                tracker.after_update(optimizer)
             outcome.steps += 1
             loss_sum += loss.item()
             n_batches += 1
@@ -129,7 +162,7 @@ def train_model(
                 if check(epoch + (i + 1) / steps_per_epoch):
                     outcome.status = "converged"
                     outcome.epochs = epoch + (i + 1) / steps_per_epoch
-                    return outcome
+                    return
         mean_loss = loss_sum / max(n_batches, 1)
         record: dict[str, Any] = {"epoch": epoch + 1, "mean_batch_ce": mean_loss, "lr": lr}
         converged = False
@@ -142,5 +175,4 @@ def train_model(
             on_epoch(record)
         if converged:
             outcome.status = "converged"
-            return outcome
-    return outcome
+            return

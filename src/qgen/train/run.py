@@ -35,6 +35,7 @@ from qgen.io import (
 )
 from qgen.models import build_model
 from qgen.train.evaluate import evaluate, gaps
+from qgen.train.health import training_health
 from qgen.train.loop import train_model
 
 SPEC_FILE, RESULT_FILE = "spec.json", "result.json"
@@ -155,7 +156,10 @@ def execute_run(
     if spec.quant.enabled:
         from qgen.quant import quant_report
 
-        result["quant"] = {"label": spec.quant.label, "layers": quant_report(model)}
+        result["quant"] = {"label": spec.quant.label, "layers": quant_report(model),
+                           "step_sizes": outcome.step_sizes,
+                           "step_tracking": outcome.step_tracking}
+    result["health"] = training_health(outcome.history, outcome.step_sizes, outcome.status)
 
     tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{spec.run_id}.tmp-"))
     try:
