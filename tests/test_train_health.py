@@ -28,7 +28,8 @@ def _train_with_overshoot(positivity: str) -> tuple[dict, list[float], object]:
     spec = RunSpec.from_dict({
         "data": {"name": "digits", "train_subset": 1000},
         "model": {"name": "nin", "depth": 2, "width": 1},
-        "quant": {"bits": 8, "step_positivity": positivity},
+        # the step bound off: the positivity rule alone must survive the overshoot
+        "quant": {"bits": 8, "step_positivity": positivity, "step_max_rel_change": None},
         "train": {"lr": 0.01, "momentum": 0.9, "batch_size": 32, "max_epochs": 8,
                   "target_ce": 0.0}})
     splits = load_data(spec.data)
@@ -90,7 +91,7 @@ def test_step_report_and_health_in_result(tmp_path, tiny_tree):
     rows = result["quant"]["step_sizes"]
     assert {r["name"] for r in rows} >= {"blocks.0.conv1.w_quant", "blocks.0.conv1.a_quant"}
     for r in rows:
-        assert r["init"] > 0 and r["final"] > 0 and r["max_rel_change"] >= 0
+        assert r["init"] > 0 and r["final"] > 0 and 0 <= r["max_rel_change"] <= 0.5 + 1e-6
     assert result["quant"]["step_tracking"]["updates"] == result["steps"]
     assert result["health"]["healthy"] is True and result["health"]["flags"] == []
     tiny_tree["quant"] = {}
@@ -181,7 +182,8 @@ def test_bounded_relative_change_keeps_momentum_consistent():
 def test_version_1_specs_read_as_the_clamp_rule():
     v1 = {"spec_version": 1, "quant": {"w_bits": 4, "a_bits": 4}}
     spec = RunSpec.from_dict(v1)
-    assert spec.quant.step_positivity == "clamp"
+    assert spec.quant.step_positivity == "clamp" and spec.quant.step_max_rel_change is None
+    assert spec.train.bn_recalibration == "off"
     assert RunSpec.from_dict({"quant": {"bits": 4}}).quant.step_positivity == "abs"
     quant = LSQQuantizer(4, positivity="clamp")
     quant(torch.randn(4, 3))
@@ -189,3 +191,33 @@ def test_version_1_specs_read_as_the_clamp_rule():
         quant.step.fill_(-1.0)
     quant(torch.randn(4, 3))
     assert float(quant.step.detach()) == pytest.approx(1e-8)  # v1's projection, reproduced
+
+
+def test_batchnorm_recalibration_restores_the_statistics_of_the_trained_network():
+    """Running statistics that describe another network (as QAT's oscillating codes leave
+    them) are replaced by those of the network as it is; the health check flags a run whose
+    eval-mode CE is far above its minibatch CE."""
+    from qgen.train.evaluate import evaluate
+    from qgen.train.loop import recalibrate_batchnorm
+
+    spec = RunSpec.from_dict({"data": {"name": "digits", "train_subset": 800},
+                              "model": {"name": "nin", "depth": 1, "width": 1, "dropout": 0.2},
+                              "train": {"max_epochs": 8, "lr": 0.05}})
+    splits = load_data(spec.data)
+    model = build_for_spec(spec, splits.info)
+    train_model(model, splits.train_x, splits.train_y, spec.train)
+    good = evaluate(model, splits.train_x, splits.train_y).loss
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.add_(3.0)
+            m.running_var.mul_(20.0)
+    bad = evaluate(model, splits.train_x, splits.train_y).loss
+    assert good < 1.0 and bad > good + 0.3
+    model.train()
+    assert recalibrate_batchnorm(model, splits.train_x, 32) == 4
+    assert model.training  # mode restored
+    again = evaluate(model, splits.train_x, splits.train_y).loss
+    assert again == pytest.approx(good, rel=0.05)
+    flagged = training_health([{"mean_batch_ce": 0.55}], [], "max_epochs", eval_train_ce=1.05)
+    assert not flagged["healthy"] and "BatchNorm" in flagged["flags"][0]
+    assert training_health([{"mean_batch_ce": 0.55}], [], "max_epochs", 0.47)["healthy"]

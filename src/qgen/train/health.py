@@ -8,6 +8,10 @@ A run is *unhealthy* when
   the small relative wobbles of a loss near the cross-entropy target from counting);
 - a quantizer's step ended more than ``STEP_DECADES`` orders of magnitude from where it
   started (a dying layer's step goes to the floor and then to hundreds: 0.0125 → 452);
+- its final eval-mode training cross-entropy is more than ``EVAL_CE_FACTOR`` times (and
+  ``CE_RISE_MIN`` nats above) the last epoch's mean minibatch cross-entropy: the network
+  in eval mode (BatchNorm running statistics) is not the one that trained (a well-trained
+  network's eval CE is below its minibatch CE);
 - or it diverged (a non-finite loss).
 
 The thresholds are constants, not spec fields: they judge a run and change none of its
@@ -27,12 +31,15 @@ CE_RISE_FACTOR = 1.5
 CE_RISE_MIN = 0.05
 #: a step whose final value is this many decades from its initial value is unhealthy
 STEP_DECADES = 2.0
+#: a final eval-mode train CE above this multiple of the last minibatch CE is unhealthy
+EVAL_CE_FACTOR = 1.5
 
 
 def training_health(history: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]],
-                    status: str) -> dict[str, Any]:
+                    status: str, eval_train_ce: float | None = None) -> dict[str, Any]:
     """The health verdict of a run from its per-epoch history, its step report
-    (:meth:`qgen.quant.steps.StepTracker.report`) and its status."""
+    (:meth:`qgen.quant.steps.StepTracker.report`), its status and its final eval-mode
+    training cross-entropy."""
     ce = [float(h["mean_batch_ce"]) for h in history if "mean_batch_ce" in h]
     max_rise, rise_at = 1.0, None
     flags: list[str] = []
@@ -48,6 +55,11 @@ def training_health(history: Sequence[dict[str, Any]], steps: Sequence[dict[str,
         if float(s["log10_change"]) > STEP_DECADES:
             flags.append(f"step of {s['name']} moved {float(s['log10_change']):.1f} decades "
                          f"({_fmt(s['init'])} -> {_fmt(s['final'])})")
+    if eval_train_ce is not None and ce:
+        last = ce[-1]
+        if eval_train_ce > EVAL_CE_FACTOR * last and eval_train_ce - last > CE_RISE_MIN:
+            flags.append(f"eval-mode train CE {eval_train_ce:.3f} vs {last:.3f} in the last "
+                         "epoch's minibatches (BatchNorm statistics do not match the network)")
     if status == "diverged":
         flags.append("diverged (non-finite training loss)")
     return {
@@ -58,7 +70,7 @@ def training_health(history: Sequence[dict[str, Any]], steps: Sequence[dict[str,
         "max_step_decades": max_decades,
         "max_step_rel_change": max_jump,
         "thresholds": {"ce_rise_factor": CE_RISE_FACTOR, "ce_rise_min": CE_RISE_MIN,
-                       "step_decades": STEP_DECADES},
+                       "step_decades": STEP_DECADES, "eval_ce_factor": EVAL_CE_FACTOR},
     }
 
 

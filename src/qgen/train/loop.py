@@ -71,6 +71,41 @@ def make_optimizer(model: nn.Module, spec: TrainSpec,
     return torch.optim.Adam(groups, lr=spec.lr)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, x: Tensor, batch_size: int) -> int:
+    """Re-estimate every BatchNorm's running mean and variance from ``x``, in place.
+
+    One pass over ``x`` in order, in batches of ``batch_size`` (the batch statistics the
+    network trained with), with every BatchNorm in training mode and averaging cumulatively
+    (``momentum=None``); everything else (dropout, quantizers) in eval mode. Parameters and
+    quantizer steps are not touched, and the model's train/eval mode is restored. Returns the
+    number of BatchNorm layers re-estimated.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+           and m.track_running_stats]
+    if not bns:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in bns]
+    model.eval()
+    device = next(iter(model.parameters())).device
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size]
+            if len(xb) < 2 and i > 0:
+                break  # a trailing batch of one has no variance
+            model(xb.to(device, non_blocking=True))
+    finally:
+        for m, mom in zip(bns, momenta, strict=True):
+            m.momentum = mom
+        model.train(was_training)
+    return len(bns)
+
+
 def _lr_at(spec: TrainSpec, step: int, total: int) -> float:
     if spec.schedule == "cosine":
         return 0.5 * spec.lr * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
@@ -105,6 +140,9 @@ def train_model(
     try:
         _train_epochs(model, loader, train_x, train_y, spec, optimizer, tracker, outcome,
                       on_step, on_epoch)
+        if spec.bn_recalibration == "full" and outcome.status != "diverged":
+            # the statistics the final evaluation and every later use of the model see
+            recalibrate_batchnorm(model, train_x, spec.batch_size)
     finally:
         if tracker is not None:
             outcome.step_sizes = tracker.report()
@@ -124,6 +162,8 @@ def _train_epochs(model: nn.Module, loader: TensorLoader, train_x: Tensor, train
 
     def check(epoch_pos: float) -> bool:
         nonlocal close
+        if spec.bn_recalibration == "full":
+            recalibrate_batchnorm(model, train_x, spec.batch_size)
         ce = evaluate(model, train_x, train_y).loss
         model.train()
         outcome.checks.append({"epoch": round(epoch_pos, 4), "step": outcome.steps, "train_ce": ce})

@@ -159,7 +159,8 @@ def execute_run(
         result["quant"] = {"label": spec.quant.label, "layers": quant_report(model),
                            "step_sizes": outcome.step_sizes,
                            "step_tracking": outcome.step_tracking}
-    result["health"] = training_health(outcome.history, outcome.step_sizes, outcome.status)
+    result["health"] = training_health(outcome.history, outcome.step_sizes, outcome.status,
+                                       train_m.loss)
 
     tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{spec.run_id}.tmp-"))
     try:
