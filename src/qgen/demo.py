@@ -39,16 +39,14 @@ def run_demo(out: Path, *, data_dir: Path | None = None, workers: int = 2,
     side by side (at most one per core). Returns the collected pandas DataFrame, one row per
     run, sorted by bit width.
     """
+    import torch
+
     from qgen.measures import MeasureSpec
     from qgen.measures.cli import measure_with_progress
     from qgen.sweep.cli import print_report, run_with_progress
-    from qgen.sweep.executors import LocalExecutor
+    from qgen.sweep.executors import LocalExecutor, cpu_cores
     from qgen.sweep.plan import expand, load_sweep
     from qgen.sweep.results import collect, write_table
-
-    import torch
-
-    from qgen.sweep.executors import cpu_cores
 
     plan = expand(load_sweep(DEMO_PRESET))
     runtime = Runtime(out_dir=out, data_dir=data_dir, quiet=True)
