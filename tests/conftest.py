@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 @pytest.fixture
@@ -17,12 +13,6 @@ def tiny_tree() -> dict:
         "model": {"name": "nin", "depth": 1, "width": 1},
         "train": {"lr": 0.05, "batch_size": 32, "max_epochs": 2, "seed": 0},
     }
-
-
-requires_fashion = pytest.mark.skipif(
-    not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
-    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
-)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -76,7 +76,9 @@ def test_specs_are_frozen():
 
 
 def test_unknown_names_rejected():
+    from qgen.train import check_names  # names are checked where a spec enters, once
+
     with pytest.raises(QgenError, match="unknown dataset 'mnist2'"):
-        RunSpec.from_dict({"data": {"name": "mnist2"}}).validate_names()
+        check_names(RunSpec.from_dict({"data": {"name": "mnist2"}}))
     with pytest.raises(QgenError, match="unknown model 'alexnet'"):
-        RunSpec.from_dict({"model": {"name": "alexnet"}}).validate_names()
+        check_names(RunSpec.from_dict({"model": {"name": "alexnet"}}))

@@ -8,14 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qgen import quant
 from qgen.config import QuantSpec
 from qgen.errors import QgenError
 from qgen.measures import MeasureSpec, compute_measures
 from qgen.measures.context import MeasureContext
 from qgen.measures.params import prepare_model
 from qgen.measures.sharpness import sharpness_deviation
-
-quant = pytest.importorskip("qgen.quant")
 
 FAST = dict(mc_draws=2, ascent_steps=3, ascent_restarts=2, bisect_steps=4, eval_subset=100,
             ascent_batch=50, eval_batch=100, hessian_samples=2, power_iters=2, hessian_batch=50)

@@ -11,8 +11,8 @@ from qgen.cli import app
 from qgen.config import RunSpec, Runtime
 from qgen.errors import QgenError
 from qgen.measures import MeasureSpec
-from qgen.measures.store import measure_run, read_measures
-from qgen.sweep.results import collect
+from qgen.measures.postpass import measure_run, read_measures
+from qgen.results import collect
 from qgen.train import execute_run
 
 CHEAP = ["norm.l2", "norm.l2_dist", "pacbayes.flatness"]

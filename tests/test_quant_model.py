@@ -225,7 +225,7 @@ STUDY_MODELS = [("nin", 2, 1, 1, 28), ("resnet", 20, 1, 3, 32), ("vgg", 11, 1, 3
 
 @pytest.mark.parametrize("name,depth,width,channels,size", STUDY_MODELS)
 def test_study_models_fully_quantized(name, depth, width, channels, size):
-    models = pytest.importorskip("qgen.models")
+    from qgen import models
     torch.manual_seed(0)
     model = models.build_model(ModelSpec(name=name, depth=depth, width=width), channels, 10,
                                size)
@@ -308,7 +308,7 @@ def test_export_refuses_bad_files_and_models(tmp_path):
     with pytest.raises(QgenError):
         load_quantized(corrupt, quantize_model(nin_like(), W4A4))
     plain = tmp_path / "plain.safetensors"
-    from qgen.io import save_tensors
+    from qgen.checkpoint import save_tensors
     save_tensors(plain, nin_like().state_dict())
     with pytest.raises(QgenError, match="not a qgen quantized export"):
         load_quantized(plain, quantize_model(nin_like(), W4A4))
@@ -324,7 +324,7 @@ def test_export_refuses_bad_files_and_models(tmp_path):
 
 
 def test_state_dict_round_trip_keeps_activation_decisions(tmp_path):
-    from qgen.io import load_tensors, save_tensors
+    from qgen.checkpoint import load_tensors, save_tensors
     torch.manual_seed(0)
     model = quantize_model(SmallCNN(), W4A4)
     _train_a_little(model, 2)
@@ -340,7 +340,7 @@ def test_state_dict_round_trip_keeps_activation_decisions(tmp_path):
 def test_w2a2_nin_trains_on_fashion_mnist():
     """A real short run: 2-bit weights and activations (8-bit ends), 2,000 Fashion-MNIST
     images, 100 SGD steps; the training loss must fall clearly."""
-    data = pytest.importorskip("qgen.data")
+    from qgen import data
     if not data.dataset_available("fashion-mnist"):
         pytest.skip("Fashion-MNIST is not installed (Debian package dataset-fashion-mnist)")
     from qgen.config import DataSpec
@@ -371,7 +371,7 @@ def _train_fashion_w2a2(splits) -> list[float]:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_training_matches_cpu_and_exports(tmp_path):
-    models = pytest.importorskip("qgen.models")
+    from qgen import models
     torch.manual_seed(0)
     base = models.build_model(ModelSpec(name="resnet", depth=20, width=1), 3, 10, 32)
     gen = torch.Generator().manual_seed(0)

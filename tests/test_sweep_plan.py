@@ -13,12 +13,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from qgen import store
+from qgen.cli import app
 from qgen.config import RunSpec
 from qgen.errors import QgenError
-from qgen.sweep import store
-from qgen.sweep.cli import app
+from qgen.results import collect, write_table
+from qgen.sweep import status
 from qgen.sweep.plan import expand, load_sweep, parse_sweep, preset_names, resolve_sweep_path
-from qgen.sweep.results import collect, write_table
 
 runner = CliRunner()
 
@@ -141,7 +142,7 @@ def test_unknown_preset_lists_the_presets(tmp_path):
 
 def test_bad_input_exit_code_through_a_real_process(tmp_path):
     f = write_sweep(tmp_path / "empty.yaml", {"base": BASE, "axes": {"model.width": []}})
-    proc = subprocess.run([sys.executable, "-m", "qgen.sweep.cli", "sweep", "plan", str(f)],
+    proc = subprocess.run([sys.executable, "-m", "qgen.cli", "sweep", "plan", str(f)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "axes.model.width: empty list" in proc.stderr
@@ -199,16 +200,19 @@ def test_remove_stale_keeps_runs_and_the_lock(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [store.LOCK_FILE, "abcdef0123456789"]
 
 
-def test_store_and_train_agree_on_what_a_complete_run_is():
+def test_one_module_says_what_a_complete_run_is(tmp_path):
+    # qgen.store owns the run directory; nothing else keeps a copy of its file list
+    assert store.RUN_FILES == ("spec.json", "result.json", "model.safetensors",
+                               "init.safetensors")
     from qgen.train import run
 
-    assert store.RUN_FILES == run.RUN_FILES
+    assert not hasattr(run, "RUN_FILES") and not hasattr(run, "is_complete")
 
 
 def test_status_of_a_store_without_manifest_and_errors(tmp_path):
     spec = RunSpec.from_dict(BASE)
     store.write_error(tmp_path, spec, {"error_type": "X", "message": "boom", "traceback": ""})
-    st = store.store_status(tmp_path)
+    st = status.store_status(tmp_path)
     assert st.planned is None and st.pending is None and st.failed == 1
     assert st.failed_ids == [spec.run_id] and st.running is None
     result = runner.invoke(app, ["sweep", "status", str(tmp_path)])
@@ -254,11 +258,17 @@ def test_collect_flattens_gen_measures_and_robustness(tmp_path):
     _handmade_run(tmp_path, fp, {
         "status": "converged", "epochs": 3.5, "steps": 70, "wall_time_s": 1.5,
         "metrics": metrics, "num_params": 1234, "device": "cpu", "threads": 1,
-        "versions": {"torch": "2.x", "qgen": "0.1.0"},
-        "measures": {"settings": {"sigma_tol": 0.1},
-                     "values": {"pacbayes_mag_flatness": 12.5, "path_norm": "inf"}},
-        "robustness": {"gaussian_noise": {"3": {"test_accuracy": 0.7, "loss_gap": 0.5}},
-                       "name": "cifar-c"}})
+        "versions": {"torch": "2.x", "qgen": "0.1.0"}})
+    # post-pass records: each carries its own table columns (qgen.store.postpass)
+    run_a = tmp_path / fp.run_id
+    (run_a / "measures.json").write_text(json.dumps({
+        "postpass": "measures", "settings_key": {"sigma_tol": 0.1},
+        "values": {"pacbayes_mag_flatness": 12.5, "path_norm": "inf"},
+        "columns": {"measure.pacbayes_mag_flatness": 12.5, "measure.path_norm": "inf"}}))
+    (run_a / "robustness.json").write_text(json.dumps({
+        "postpass": "robustness", "name": "cifar-c",
+        "columns": {"robust.gaussian_noise.3.test_accuracy": 0.7,
+                    "robust.gaussian_noise.3.loss_gap": 0.5}}))
     _handmade_run(tmp_path, q4, {
         "status": "diverged", "epochs": 0.2, "steps": 4, "wall_time_s": 0.1,
         "metrics": {**metrics, "train_loss": "nan", "loss_gap": "nan"}})

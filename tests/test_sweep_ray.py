@@ -10,15 +10,15 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from qgen.cli import app
 from qgen.config import Runtime
 from qgen.errors import QgenError
 from qgen.io import read_json
-from qgen.sweep.cli import app
+from qgen.results import collect
+from qgen.store import RunDir
 from qgen.sweep.executors import LocalExecutor, RayExecutor, import_ray
 from qgen.sweep.plan import expand, parse_sweep
-from qgen.sweep.results import collect
 from qgen.sweep.runner import run_sweep
-from qgen.train import is_complete
 
 pytest.importorskip("sklearn")  # the digits dataset
 
@@ -73,7 +73,7 @@ def test_ray_matches_local_run_by_run(ray_cluster, tmp_path):
     for col in gen:
         assert a.loc[ok, col].tolist() == b.loc[ok, col].tolist(), col
     for rid in ok:
-        assert is_complete(ray_out / rid)
+        assert _complete(ray_out / rid)
         assert _sha(ray_out / rid / "model.safetensors") == _sha(
             local_out / rid / "model.safetensors")
     for rid in failing:
@@ -97,3 +97,7 @@ def test_missing_ray_is_a_clear_user_error(monkeypatch, tmp_path):
                                       "--executor", "ray", "--quiet"])
     assert result.exit_code == 2 and "pip install 'qgen[ray]'" in result.stderr
     assert not out.exists()  # refused before touching the store
+
+
+def _complete(path) -> bool:
+    return RunDir(path).is_complete

@@ -15,21 +15,22 @@ from pathlib import Path
 import pytest
 import yaml
 
+from qgen import store
 from qgen.config import Runtime
 from qgen.io import read_json
-from qgen.sweep import store
+from qgen.results import collect
+from qgen.store import RunDir
+from qgen.sweep import status
 from qgen.sweep.executors import LocalExecutor
 from qgen.sweep.plan import expand, load_sweep, parse_sweep
-from qgen.sweep.results import collect
 from qgen.sweep.runner import run_sweep
-from qgen.train import is_complete
 
 pytest.importorskip("sklearn")  # the digits dataset
 
 TINY = {"data": {"name": "digits", "train_subset": 300},
         "model": {"name": "nin", "depth": 1, "width": 1},
         "train": {"max_epochs": 1, "batch_size": 50, "lr": 0.05}}
-CLI = [sys.executable, "-m", "qgen.sweep.cli"]
+CLI = [sys.executable, "-m", "qgen.cli"]
 
 
 def write_sweep(path: Path, content: dict) -> Path:
@@ -42,7 +43,7 @@ def assert_store_clean(out: Path, planned: list[str]) -> None:
     names = {p.name for p in out.iterdir()}
     assert not [n for n in names if ".tmp" in n or ".old-" in n], names
     for rid in planned:
-        assert is_complete(out / rid), rid
+        assert _complete(out / rid), rid
         assert not (out / rid / store.ERROR_FILE).exists()
         assert sorted(p.name for p in (out / rid).iterdir()) == sorted(store.RUN_FILES)
 
@@ -59,12 +60,12 @@ def test_kill_minus_9_mid_sweep_then_resume_finishes_every_run_once(tmp_path):
         deadline = time.monotonic() + 120
         done: list[str] = []
         while time.monotonic() < deadline and proc.poll() is None:
-            done = [r for r in planned if is_complete(out / r)]
+            done = [r for r in planned if _complete(out / r)]
             if done:
                 break
             time.sleep(0.02)
         assert proc.poll() is None, "the sweep ended before it could be killed"
-        live = store.store_status(out)  # while it runs: the lock says so, and an ETA
+        live = status.store_status(out)  # while it runs: the lock says so, and an ETA
         workers = _spawned_children(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
@@ -81,7 +82,7 @@ def test_kill_minus_9_mid_sweep_then_resume_finishes_every_run_once(tmp_path):
     while any(_alive(p) for p in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(p) for p in workers), "orphaned worker still running"
-    st = store.store_status(out)
+    st = status.store_status(out)
     assert st.running is None and st.pending == len(planned) - st.done and st.done >= 1
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
@@ -92,9 +93,9 @@ def test_kill_minus_9_mid_sweep_then_resume_finishes_every_run_once(tmp_path):
     assert sorted(df["run_id"]) == sorted(planned)  # each planned run exactly once
     assert df["status"].isin(["converged", "max_epochs"]).all()
     assert df["gen.test_accuracy"].notna().all()
-    st = store.store_status(out)
+    st = status.store_status(out)
     assert (st.planned, st.done, st.pending, st.failed) == (6, 6, 0, 0)
-    manifest = read_json(out / store.MANIFEST_FILE)
+    manifest = read_json(out / status.MANIFEST_FILE)
     assert manifest["run_ids"] == planned and manifest["workers"] == 1
     assert "finished_at" in manifest
 
@@ -116,12 +117,12 @@ def test_failing_and_diverging_runs_are_recorded_and_do_not_stop_the_sweep(tmp_p
 
     diverged = read_json(out / by[(300, 10.0)] / "result.json")
     assert diverged["status"] == "diverged"
-    assert is_complete(out / by[(300, 10.0)])
+    assert _complete(out / by[(300, 10.0)])
     assert read_json(out / by[(300, 0.05)] / "result.json")["status"] in ("converged",
                                                                            "max_epochs")
     for key in ((5000, 0.05), (5000, 10.0)):
         run_dir = out / by[key]
-        assert not is_complete(run_dir)
+        assert not _complete(run_dir)
         err = read_json(run_dir / "error.json")
         assert err["error_type"] == "qgen.errors.QgenError" and err["user_error"] is True
         assert "train_subset: 5000 is larger" in err["message"]
@@ -134,7 +135,7 @@ def test_failing_and_diverging_runs_are_recorded_and_do_not_stop_the_sweep(tmp_p
     assert df.loc[by[(300, 10.0)], "status"] == "diverged"
     assert df.loc[by[(5000, 0.05)], "status"] == "failed"
     assert "is larger" in df.loc[by[(5000, 10.0)], "error"]
-    st = store.store_status(out)
+    st = status.store_status(out)
     assert (st.done, st.diverged, st.failed, st.pending) == (2, 1, 2, 0)
 
     # Rerunning skips the failed runs (and reports them) unless --retry-failed.
@@ -203,9 +204,13 @@ def test_a_worker_killed_mid_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert [rid for rid, _ in report.failed] == [first]
     err = json.loads((out / first / "error.json").read_text())
     assert err["error_type"] == "WorkerCrashed" and "killed by signal 9" in err["message"]
-    assert is_complete(out / second)
+    assert _complete(out / second)
     # retried, the same sweep now completes
     report = run_sweep(plan, Runtime(out_dir=out),
                        LocalExecutor(workers=1, threads=1, in_process=True), retry_failed=True)
     assert report.complete and report.ran == 1
     assert_store_clean(out, plan.run_ids)
+
+
+def _complete(path) -> bool:
+    return RunDir(path).is_complete

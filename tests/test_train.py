@@ -10,7 +10,8 @@ import torch
 
 from qgen.config import RunSpec, Runtime
 from qgen.data import load_data
-from qgen.train import evaluate, execute_run, is_complete, load_run_model, train_model
+from qgen.store import RunDir
+from qgen.train import evaluate, execute_run, load_run_model, train_model
 from qgen.train.run import build_for_spec
 
 
@@ -18,7 +19,7 @@ def test_run_writes_complete_directory(tmp_path, tiny_tree):
     spec = RunSpec.from_dict(tiny_tree)
     result = execute_run(spec, Runtime(out_dir=tmp_path, threads=1))
     run_dir = tmp_path / spec.run_id
-    assert is_complete(run_dir)
+    assert RunDir(run_dir).is_complete
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "init.safetensors", "model.safetensors", "result.json", "spec.json"]
     assert RunSpec.from_dict(json.loads((run_dir / "spec.json").read_text())) == spec
@@ -85,7 +86,7 @@ def test_divergence_is_a_result(tmp_path, tiny_tree):
     spec = RunSpec.from_dict(tree)
     result = execute_run(spec, Runtime(out_dir=tmp_path, threads=1))
     assert result["status"] == "diverged"
-    assert is_complete(tmp_path / spec.run_id)
+    assert RunDir(tmp_path / spec.run_id).is_complete
     stored = json.loads((tmp_path / spec.run_id / "result.json").read_text())
     assert stored["status"] == "diverged"
     loss = stored["metrics"]["train_loss"]

@@ -33,41 +33,45 @@ SPEC_VERSION = 2
 BITS_ALLOWED = "an integer 2..8 or 'fp'"
 
 
-def _fail(where: str, msg: str) -> None:
+def fail(where: str, msg: str) -> None:
+    """Raise a QgenError ``"<where>: <msg>"`` (``where`` names the field)."""
     raise QgenError(f"{where}: {msg}")
 
 
-def _check_int(where: str, value: Any, lo: int | None = None, hi: int | None = None) -> None:
+def check_int(where: str, value: Any, lo: int | None = None, hi: int | None = None) -> None:
+    """An integer (not a bool) in [lo, hi], else a QgenError naming ``where``."""
     if isinstance(value, bool) or not isinstance(value, int):
-        _fail(where, f"must be an integer, got {value!r}")
+        fail(where, f"must be an integer, got {value!r}")
     if lo is not None and value < lo or hi is not None and value > hi:
         rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        _fail(where, f"must be in {rng}, got {value}")
+        fail(where, f"must be in {rng}, got {value}")
 
 
-def _check_float(where: str, value: Any, lo: float | None = None, hi: float | None = None,
+def check_float(where: str, value: Any, lo: float | None = None, hi: float | None = None,
                  lo_open: bool = False) -> None:
+    """A number (not a bool, not NaN) in [lo, hi] (or (lo, hi] with ``lo_open``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        _fail(where, f"must be a number, got {value!r}")
+        fail(where, f"must be a number, got {value!r}")
     if value != value:  # NaN
-        _fail(where, "must be a number, got nan")
+        fail(where, "must be a number, got nan")
     if lo is not None and (value <= lo if lo_open else value < lo):
-        _fail(where, f"must be {'>' if lo_open else '>='} {lo}, got {value}")
+        fail(where, f"must be {'>' if lo_open else '>='} {lo}, got {value}")
     if hi is not None and value > hi:
-        _fail(where, f"must be <= {hi}, got {value}")
+        fail(where, f"must be <= {hi}, got {value}")
 
 
-def _float_field(obj: Any, name: str, where: str, lo: float | None = None,
+def float_field(obj: Any, name: str, where: str, lo: float | None = None,
                  hi: float | None = None, lo_open: bool = False) -> None:
     """Check a float field and store it as float, so 1 and 1.0 hash the same."""
     value = getattr(obj, name)
-    _check_float(where, value, lo, hi, lo_open)
+    check_float(where, value, lo, hi, lo_open)
     object.__setattr__(obj, name, float(value))
 
 
-def _check_choice(where: str, value: Any, choices: tuple[str, ...]) -> None:
+def check_choice(where: str, value: Any, choices: tuple[str, ...]) -> None:
+    """One of ``choices``, else a QgenError listing them."""
     if value not in choices:
-        _fail(where, f"must be one of {', '.join(choices)}; got {value!r}")
+        fail(where, f"must be one of {', '.join(choices)}; got {value!r}")
 
 
 def parse_bits(value: Any, where: str = "bits") -> int | None:
@@ -89,16 +93,17 @@ def bits_label(bits: int | None) -> str:
     return "fp" if bits is None else str(bits)
 
 
-class _Spec:
+class Spec:
     """Shared behaviour: dict round trip with unknown-field errors."""
 
     SECTION: ClassVar[str] = ""
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (nested specs as dicts, tuples as lists)."""
         out: dict[str, Any] = {}
         for f in fields(self):  # type: ignore[arg-type]
             v = getattr(self, f.name)
-            if isinstance(v, _Spec):
+            if isinstance(v, Spec):
                 v = v.to_dict()
             elif isinstance(v, tuple):
                 v = [list(x) if isinstance(x, tuple) else x for x in v]
@@ -123,11 +128,12 @@ class _Spec:
         return data
 
     def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes`` (validated again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
 @dataclass(frozen=True)
-class DataSpec(_Spec):
+class DataSpec(Spec):
     """Which data, and how it is prepared.
 
     ``train_subset`` draws a seeded subset of the training set (``subset_seed``); the paper's
@@ -148,24 +154,29 @@ class DataSpec(_Spec):
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
-            _fail("data.name", f"must be a dataset name, got {self.name!r}")
+            fail("data.name", f"must be a dataset name, got {self.name!r}")
         for nm in ("train_subset", "test_subset", "input_size"):
             if getattr(self, nm) is not None:
-                _check_int(f"data.{nm}", getattr(self, nm), 1)
-        _check_int("data.subset_seed", self.subset_seed, 0)
+                check_int(f"data.{nm}", getattr(self, nm), 1)
+        check_int("data.subset_seed", self.subset_seed, 0)
         if self.channels is not None:
-            _check_int("data.channels", self.channels, 1, 3)
+            check_int("data.channels", self.channels, 1, 3)
             if self.channels == 2:
-                _fail("data.channels", "must be 1 or 3, got 2")
+                fail("data.channels", "must be 1 or 3, got 2")
         for nm in ("normalize", "augment"):
             if not isinstance(getattr(self, nm), bool):
-                _fail(f"data.{nm}", f"must be true or false, got {getattr(self, nm)!r}")
+                fail(f"data.{nm}", f"must be true or false, got {getattr(self, nm)!r}")
 
 
 @dataclass(frozen=True)
-class ModelSpec(_Spec):
+class ModelSpec(Spec):
     """Which network. ``depth``/``width`` mean what each model's docstring says
-    (NiN: blocks and 25·width channels; ResNet: 20/32/56/18; VGG: 11/16; ViT: blocks)."""
+    (NiN: blocks and 25·width channels; ResNet: 20/32/56/18; VGG: 11/16; ViT: blocks).
+
+    ``options``: model-specific settings that change the numbers and so belong to the run's
+    identity (e.g. a model-zoo architecture's keyword arguments, or the SHA-256 of the
+    checkpoint it starts from), as name → JSON scalar; stored sorted by name.
+    """
 
     SECTION: ClassVar[str] = "model"
 
@@ -173,17 +184,46 @@ class ModelSpec(_Spec):
     depth: int = 2
     width: int = 2
     dropout: float = 0.0
+    options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
-            _fail("model.name", f"must be a model name, got {self.name!r}")
-        _check_int("model.depth", self.depth, 1, 200)
-        _check_int("model.width", self.width, 1, 64)
-        _float_field(self, "dropout", "model.dropout", 0.0, 0.95)
+            fail("model.name", f"must be a model name, got {self.name!r}")
+        check_int("model.depth", self.depth, 1, 200)
+        check_int("model.width", self.width, 1, 64)
+        float_field(self, "dropout", "model.dropout", 0.0, 0.95)
+        opts = self.options
+        if isinstance(opts, Mapping):
+            opts = tuple(opts.items())
+        if not isinstance(opts, (list, tuple)):
+            fail("model.options", f"must be a mapping of name to value, got {opts!r}")
+        pairs = []
+        for item in opts:
+            if not (isinstance(item, (list, tuple)) and len(item) == 2
+                    and isinstance(item[0], str) and item[0]):
+                fail("model.options", f"must map names to values, got {item!r}")
+            key, value = item
+            if not (value is None or isinstance(value, (str, bool, int, float))):
+                fail(f"model.options.{key}", "must be a string, number, boolean or null, "
+                     f"got {type(value).__name__}")
+            pairs.append((key, value))
+        if len({k for k, _ in pairs}) != len(pairs):
+            fail("model.options", "a name appears twice")
+        object.__setattr__(self, "options", tuple(sorted(pairs)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict; ``options`` as a name → value mapping."""
+        out = super().to_dict()
+        out["options"] = dict(self.options)
+        return out
+
+    def option(self, name: str, default: Any = None) -> Any:
+        """The value of option ``name`` (``default`` when absent)."""
+        return dict(self.options).get(name, default)
 
 
 @dataclass(frozen=True)
-class QuantSpec(_Spec):
+class QuantSpec(Spec):
     """LSQ quantization-aware training settings (``None`` bits = full precision).
 
     ``first_last``: '8bit' (LSQ's choice), 'fp', or 'same' for the first and last layer.
@@ -234,24 +274,24 @@ class QuantSpec(_Spec):
     def __post_init__(self) -> None:
         object.__setattr__(self, "w_bits", parse_bits(self.w_bits, "quant.w_bits"))
         object.__setattr__(self, "a_bits", parse_bits(self.a_bits, "quant.a_bits"))
-        _check_choice("quant.granularity", self.granularity, ("tensor", "channel"))
-        _check_choice("quant.first_last", self.first_last, ("8bit", "fp", "same"))
+        check_choice("quant.granularity", self.granularity, ("tensor", "channel"))
+        check_choice("quant.first_last", self.first_last, ("8bit", "fp", "same"))
         ov = []
         for i, item in enumerate(self.overrides or ()):
             ok = isinstance(item, (list, tuple)) and len(item) == 3 and isinstance(item[0], str)
             if not ok:
-                _fail(f"quant.overrides[{i}]", "must be [name_pattern, w_bits, a_bits]")
+                fail(f"quant.overrides[{i}]", "must be [name_pattern, w_bits, a_bits]")
             ov.append((item[0], parse_bits(item[1], f"quant.overrides[{i}].w_bits"),
                        parse_bits(item[2], f"quant.overrides[{i}].a_bits")))
         object.__setattr__(self, "overrides", tuple(ov))
         if not isinstance(self.step_weight_decay, bool):
-            _fail("quant.step_weight_decay", "must be true or false")
-        _check_choice("quant.step_positivity", self.step_positivity, ("abs", "clamp"))
-        _float_field(self, "step_lr_scale", "quant.step_lr_scale", 0.0, 100.0, lo_open=True)
+            fail("quant.step_weight_decay", "must be true or false")
+        check_choice("quant.step_positivity", self.step_positivity, ("abs", "clamp"))
+        float_field(self, "step_lr_scale", "quant.step_lr_scale", 0.0, 100.0, lo_open=True)
         if self.step_momentum is not None:
-            _float_field(self, "step_momentum", "quant.step_momentum", 0.0, 0.999)
+            float_field(self, "step_momentum", "quant.step_momentum", 0.0, 0.999)
         if self.step_max_rel_change is not None:
-            _float_field(self, "step_max_rel_change", "quant.step_max_rel_change", 0.0, 100.0,
+            float_field(self, "step_max_rel_change", "quant.step_max_rel_change", 0.0, 100.0,
                          lo_open=True)
 
     @property
@@ -269,7 +309,7 @@ class QuantSpec(_Spec):
 
 
 @dataclass(frozen=True)
-class TrainSpec(_Spec):
+class TrainSpec(Spec):
     """Optimizer, schedule and the stop rule (train cross-entropy <= ``target_ce``).
 
     ``bn_recalibration``: before each stop-rule check and before the final evaluation, the
@@ -298,20 +338,20 @@ class TrainSpec(_Spec):
     bn_recalibration: str = "full"
 
     def __post_init__(self) -> None:
-        _check_choice("train.optimizer", self.optimizer, ("sgd", "adam"))
-        _check_choice("train.bn_recalibration", self.bn_recalibration, ("full", "off"))
-        _float_field(self, "lr", "train.lr", 0.0, 10.0, lo_open=True)
-        _float_field(self, "momentum", "train.momentum", 0.0, 0.999)
-        _float_field(self, "weight_decay", "train.weight_decay", 0.0, 1.0)
-        _check_choice("train.schedule", self.schedule, ("constant", "cosine"))
-        _check_int("train.batch_size", self.batch_size, 1, 65536)
-        _check_int("train.max_epochs", self.max_epochs, 1, 100000)
-        _float_field(self, "target_ce", "train.target_ce", 0.0, 10.0)
-        _check_int("train.seed", self.seed, 0, 2**31 - 1)
+        check_choice("train.optimizer", self.optimizer, ("sgd", "adam"))
+        check_choice("train.bn_recalibration", self.bn_recalibration, ("full", "off"))
+        float_field(self, "lr", "train.lr", 0.0, 10.0, lo_open=True)
+        float_field(self, "momentum", "train.momentum", 0.0, 0.999)
+        float_field(self, "weight_decay", "train.weight_decay", 0.0, 1.0)
+        check_choice("train.schedule", self.schedule, ("constant", "cosine"))
+        check_int("train.batch_size", self.batch_size, 1, 65536)
+        check_int("train.max_epochs", self.max_epochs, 1, 100000)
+        float_field(self, "target_ce", "train.target_ce", 0.0, 10.0)
+        check_int("train.seed", self.seed, 0, 2**31 - 1)
 
 
 @dataclass(frozen=True)
-class RunSpec(_Spec):
+class RunSpec(Spec):
     """Everything that determines a run's numbers; its hash is the run id."""
 
     SECTION: ClassVar[str] = "spec"
@@ -339,7 +379,7 @@ class RunSpec(_Spec):
 
     def __post_init__(self) -> None:
         if self.quant.step_momentum is not None and self.train.optimizer != "sgd":
-            _fail("quant.step_momentum", f"is an SGD setting; train.optimizer is "
+            fail("quant.step_momentum", f"is an SGD setting; train.optimizer is "
                   f"{self.train.optimizer!r} (leave step_momentum null)")
 
     @classmethod
@@ -357,18 +397,6 @@ class RunSpec(_Spec):
     def run_id(self) -> str:
         """First 16 hex digits of SHA-256 of the canonical JSON."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
-
-    def validate_names(self) -> None:
-        """Check the dataset and model names against the registries."""
-        from qgen.data import dataset_names
-        from qgen.models import model_names
-
-        if self.data.name not in dataset_names():
-            raise QgenError(f"data.name: unknown dataset {self.data.name!r}; "
-                            f"allowed: {', '.join(dataset_names())}")
-        if self.model.name not in model_names():
-            raise QgenError(f"model.name: unknown model {self.model.name!r}; "
-                            f"allowed: {', '.join(model_names())}")
 
 
 def migrate_spec(data: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""Atomic file and directory writes, JSON helpers and safetensors checkpoints.
+"""Atomic file writes, JSON and YAML: the file handling every layer shares, without torch.
 
-A crash never leaves a file that looks complete but is not: every write goes to a temporary
-file in the same directory, is fsynced, then renamed over the target with ``os.replace``.
-Checkpoints are safetensors, so loading them never runs pickled code.
+A crash never leaves a file that looks complete but is not: :func:`atomic_write` has the
+caller write a temporary file in the target's directory, fsyncs it, renames it over the
+target with ``os.replace`` and fsyncs the directory. Every writer in qgen (JSON records,
+safetensors checkpoints in :mod:`qgen.checkpoint`, results tables, reports) goes through it.
+This module imports no torch, so reading a run store or a results table stays light.
 """
 
 from __future__ import annotations
@@ -11,13 +13,9 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from qgen.errors import QgenError
 
@@ -33,7 +31,8 @@ def publish_mode(path: str | Path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | Path) -> None:
+    """fsync a directory (so a rename in it is durable); best effort."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -46,25 +45,35 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename)."""
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Create ``path`` atomically: ``write(tmp)`` writes a temporary file beside it, which is
+    fsynced, given the usual mode and renamed over ``path``; on any error it is removed and
+    ``path`` is left as it was. Returns ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".",
+                                prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+        write(tmp)
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent if str(path.parent) else ".")
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _json_default(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
+    if hasattr(obj, "tolist"):  # tensors and numpy arrays
         return obj.tolist()
     if hasattr(obj, "item"):
         return obj.item()
@@ -95,44 +104,18 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    """Read a JSON file, turning a corrupt one into a :class:`QgenError`."""
+    """Read a JSON file, turning a missing or corrupt one into a :class:`QgenError`."""
     path = Path(path)
     try:
         return json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise QgenError(f"{path}: file not found") from exc
+    except IsADirectoryError as exc:
+        raise QgenError(f"{path}: is a directory, not a JSON file") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise QgenError(f"{path}: not valid JSON ({exc})") from exc
-
-
-def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor],
-                 metadata: Mapping[str, str] | None = None) -> None:
-    """Save a flat name → tensor mapping as safetensors, atomically."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        save_file(clean, tmp, metadata=dict(metadata) if metadata else None)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        publish_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a safetensors file (no pickle); a corrupt or missing file is a QgenError."""
-    path = Path(path)
-    if not path.is_file():
-        raise QgenError(f"{path}: checkpoint not found")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise QgenError(f"{path}: corrupt or unreadable safetensors checkpoint ({exc})") from exc
+    except OSError as exc:
+        raise QgenError(f"{path}: cannot read ({exc.strerror})") from exc
 
 
 def check_writable_dir(path: str | Path) -> Path:
@@ -155,11 +138,20 @@ def read_yaml(path: str | Path) -> Any:
 
     path = Path(path)
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise QgenError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise QgenError(f"{path}: is a directory, not a YAML file") from None
     except OSError as exc:
         raise QgenError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise QgenError(f"{path}: not a YAML text file (invalid UTF-8 at byte {exc.start})"
+                        ) from None
+    if "\x00" in text:
+        raise QgenError(f"{path}: not a YAML text file (it holds NUL bytes)")
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         first = " ".join(str(exc).split())
         raise QgenError(f"{path}: not valid YAML ({first})") from None

@@ -18,8 +18,14 @@ from qgen.data.registry import (
     get_dataset,
     register_dataset,
 )
+from qgen.data.source import Batches, ExampleSource, TensorSource, as_source, example_shape
 
 __all__ = [
+    "Batches",
+    "ExampleSource",
+    "TensorSource",
+    "as_source",
+    "example_shape",
     "DatasetInfo",
     "RawImages",
     "Splits",

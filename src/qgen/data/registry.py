@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from qgen.data.source import TensorSource
 from qgen.errors import QgenError
 
 ENV_VAR = "QGEN_DATA"
@@ -59,6 +60,16 @@ class Splits:
     test_x: torch.Tensor = field(repr=False)
     test_y: torch.Tensor = field(repr=False)
     info: DatasetInfo
+
+    @property
+    def train(self) -> TensorSource:
+        """The training split as an :class:`~qgen.data.source.ExampleSource`."""
+        return TensorSource(self.train_x, self.train_y)
+
+    @property
+    def test(self) -> TensorSource:
+        """The test split as an :class:`~qgen.data.source.ExampleSource`."""
+        return TensorSource(self.test_x, self.test_y)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ evaluation), ``search`` (bisection), ``pacbayes``, ``sharpness``, ``norms``, ``c
 ``bnfold``, ``compute`` (the one-call API).
 """
 
+from qgen.measures import catalog  # noqa: F401  (importing registers the measures)
 from qgen.measures.compute import MeasureResult, compute_measures
 from qgen.measures.context import MeasureContext
 from qgen.measures.params import prepare_model, select_parameters

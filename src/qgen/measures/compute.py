@@ -5,7 +5,8 @@
 ... # doctest: +SKIP
 
 ``w0`` is the state_dict at initialization (same keys as ``model.state_dict()``); ``train_x``
-and ``train_y`` are the full training split (its size is the m of the bounds; evaluations use
+and ``train_y`` are the full training split, or ``train_x`` an ExampleSource of it with
+``train_y`` None (its size is the m of the bounds; evaluations use
 the seeded subset the spec asks for). The result holds raw values, every setting, and the
 diagnostics: search traces and brackets, saturation flags, eval subset size, timings.
 """
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 import qgen
+from qgen.data.source import ExampleSource
 from qgen.io import dumps_json
 from qgen.measures.context import MeasureContext
 from qgen.measures.registry import get_measure, resolve_names
@@ -54,8 +56,9 @@ class MeasureResult:
         return cls(values, dict(data["settings"]), dict(data.get("diagnostics", {})))
 
 
-def compute_measures(model: nn.Module, w0: Mapping[str, Tensor], train_x: Tensor,
-                     train_y: Tensor, spec: MeasureSpec | None = None, *,
+def compute_measures(model: nn.Module, w0: Mapping[str, Tensor],
+                     train_x: Tensor | ExampleSource, train_y: Tensor | None = None,
+                     spec: MeasureSpec | None = None, *,
                      names: Sequence[str] | None = None, device: str | torch.device = "cpu",
                      progress: Progress | None = None) -> MeasureResult:
     """Compute the measures ``names`` (default ``spec.names``; empty = all) of ``model``.

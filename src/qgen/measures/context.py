@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from qgen.data.source import ExampleSource, as_source, example_shape
 from qgen.errors import QgenError
 from qgen.measures.bnfold import FoldedTwin
 from qgen.measures.params import Prepared, prepare_model, reference_values
@@ -40,24 +41,26 @@ class MeasureContext:
     device); ``m`` (full training-set size); ``evaluator``; ``input_shape``.
     """
 
-    def __init__(self, model: nn.Module, w0: Mapping[str, Tensor], train_x: Tensor,
-                 train_y: Tensor, spec: MeasureSpec, device: str | torch.device = "cpu") -> None:
-        if len(train_x) != len(train_y):
+    def __init__(self, model: nn.Module, w0: Mapping[str, Tensor],
+                 train_x: Tensor | ExampleSource, train_y: Tensor | None,
+                 spec: MeasureSpec, device: str | torch.device = "cpu") -> None:
+        if isinstance(train_x, Tensor) and train_y is not None and len(train_x) != len(train_y):
             raise QgenError(f"train_x has {len(train_x)} examples but train_y {len(train_y)}")
-        if len(train_x) == 0:
-            raise QgenError("train_x is empty: measures need training data")
+        data = as_source(train_x, train_y)
+        if len(data) == 0:
+            raise QgenError("the training data is empty: measures need training data")
         self.spec = spec
         self.device = torch.device(device)
         self.prep: Prepared = prepare_model(model, spec, self.device)
         self.model = self.prep.model
         # Image batches run 1.5-2x faster channels-last on CPU (measured on the NiN); only the
         # layout changes, every value keeps its index.
-        self.channels_last = train_x.dim() == 4
+        self.channels_last = len(example_shape(data)) == 3
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.w = self.prep.params.values()
         self.w0 = reference_values(model, spec, w0, self.prep.params.names, self.device)
-        self.m = len(train_x)
+        self.m = len(data)
         n_eval = self.m if spec.eval_subset is None else min(spec.eval_subset, self.m)
         if n_eval < self.m:
             gen = torch.Generator().manual_seed(derive_seed(spec.seed, "eval_subset"))
@@ -65,11 +68,12 @@ class MeasureContext:
         else:
             idx = torch.arange(self.m)
         self.eval_indices = idx
-        self.x = train_x[idx].to(self.device)
+        x, y = data.take(idx)  # only the evaluation subset is held in memory
+        self.x = x.to(self.device)
         if self.channels_last:
             self.x = self.x.contiguous(memory_format=torch.channels_last)
-        self.y = train_y[idx].to(self.device).long()
-        self.input_shape = tuple(train_x.shape[1:])
+        self.y = y.to(self.device).long()
+        self.input_shape = tuple(x.shape[1:])
         self.evaluator = Evaluator(self.x, self.y, spec.eval_batch)
         self._twin = self._make_twin()
         self.timings: dict[str, float] = {}

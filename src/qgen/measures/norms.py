@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from qgen.measures.bnfold import FoldReport, fold_batchnorm
-from qgen.measures.params import is_quantizer
+from qgen.quant import set_quantizers_enabled
 
 
 def margins(logits: Tensor, y: Tensor) -> Tensor:
@@ -181,9 +181,7 @@ def path_norm(model: nn.Module, input_shape: tuple[int, ...],
     """Σ_paths Π w² as f_{w²}(1): a copy with BN folded, quantizers off, parameters squared,
     evaluated on one all-ones input; the outputs are summed."""
     work = copy.deepcopy(model).eval()
-    for mod in work.modules():
-        if is_quantizer(mod):
-            mod.enabled = False
+    set_quantizers_enabled(work, False)
     report = fold_batchnorm(work)
     for p in work.parameters():
         p.data.square_()

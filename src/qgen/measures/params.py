@@ -8,7 +8,7 @@ computed over exactly these tensors, so the perturbed set is always the set the 
 weights w0) into the network the measures see:
 
 - a private copy in eval mode on the device (the caller's model is never touched);
-- quantized models (any module with ``w_quant``/``a_quant`` LSQ quantizers):
+- quantized models (layers of :mod:`qgen.quant` carrying LSQ quantizers):
   'latent' keeps every quantizer active and the latent float weights as the perturbed values;
   'dequantized' writes each layer's dequantized weight into ``.weight`` and disables its
   weight quantizer (activation quantizers stay active, so the network computes the same
@@ -32,27 +32,22 @@ from torch import Tensor, nn
 from qgen.errors import QgenError
 from qgen.measures.bnfold import FoldReport, fold_batchnorm
 from qgen.measures.settings import MeasureSpec
+from qgen.quant import QuantConv2d, QuantLinear, quant_layers, quantizers
 
 #: modules whose ``weight`` is a matrix/kernel: what 'weights' selects and the layerwise
 #: norms (spectral, Frobenius, path) are taken over. Quantized layers subclass these.
 MATRIX_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-def is_quantizer(module: nn.Module) -> bool:
-    """True for an LSQ-style quantizer: a module with a ``step`` size, ``bits`` and an
-    ``enabled`` switch (checked by duck typing so measures do not depend on qgen.quant)."""
-    return all(hasattr(module, a) for a in ("step", "bits", "enabled"))
+def quantized_layers(model: nn.Module) -> list[tuple[str, QuantConv2d | QuantLinear]]:
+    """(name, layer) of every quantized Conv2d/Linear that carries a weight or activation
+    quantizer (layers left in full precision by the first/last policy are not listed)."""
+    return [(n, m) for n, m in quant_layers(model)
+            if m.w_quant is not None or m.a_quant is not None]
 
 
-def quant_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every layer that carries a weight or activation quantizer."""
-    return [(n, m) for n, m in model.named_modules()
-            if getattr(m, "w_quant", None) is not None or getattr(m, "a_quant", None) is not None]
-
-
-def _active_weight_quantizer(layer: nn.Module) -> bool:
-    q = getattr(layer, "w_quant", None)
-    return q is not None and bool(getattr(q, "enabled", True))
+def _active_weight_quantizer(layer: QuantConv2d | QuantLinear) -> bool:
+    return layer.w_quant is not None and layer.w_quant.enabled
 
 
 @dataclass
@@ -86,7 +81,7 @@ def select_parameters(model: nn.Module, which: str) -> ParamSet:
     """
     if which not in ("weights", "all"):
         raise QgenError(f"measures.params: must be one of weights, all; got {which!r}")
-    frozen = {id(p) for m in model.modules() if is_quantizer(m) for p in m.parameters()}
+    frozen = {id(q.step) for _, q in quantizers(model)}
     out = ParamSet([], [], [], [])
     seen: set[int] = set()
     for mod_name, module in model.named_modules():
@@ -121,7 +116,7 @@ class Prepared:
 @torch.no_grad()
 def _dequantize_weights(model: nn.Module) -> int:
     count = 0
-    for _, layer in quant_layers(model):
+    for _, layer in quantized_layers(model):
         if _active_weight_quantizer(layer):
             layer.weight.copy_(layer.quantized_weight().detach())
             layer.w_quant.enabled = False
@@ -145,7 +140,7 @@ def prepare_model(model: nn.Module, spec: MeasureSpec, device: str | torch.devic
     work = work.to(device).eval()
     for p in work.parameters():
         p.requires_grad_(False)
-    qlayers = quant_layers(work)
+    qlayers = quantized_layers(work)
     has_wq = any(_active_weight_quantizer(m) for _, m in qlayers)
     notes: dict[str, Any] = {"quant_layers": len(qlayers)}
     if spec.quant_mode == "dequantized":
@@ -159,7 +154,7 @@ def prepare_model(model: nn.Module, spec: MeasureSpec, device: str | torch.devic
     else:
         report = FoldReport((), ())
     notes["active_weight_quantizers"] = sum(_active_weight_quantizer(m)
-                                            for _, m in quant_layers(work))
+                                            for _, m in quantized_layers(work))
     params = select_parameters(work, spec.params)
     for p in params.tensors:
         p.requires_grad_(True)

@@ -3,7 +3,8 @@
 Each entry says which formula it implements (``equation``, citing the paper), what it needs
 (``needs``: the shared ingredients from the context, e.g. 'search.pacbayes', 'w0', 'margin'),
 and how to compute it (``compute(ctx) -> MeasureValue``). The entries themselves live in
-:mod:`qgen.measures.catalog`, loaded on first use.
+:mod:`qgen.measures.catalog`, which the package imports (so any import of
+``qgen.measures.*`` fills the registry).
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ class Measure:
 
 
 _REGISTRY: dict[str, Measure] = {}
-_LOADED = False
 
 
 def register(name: str, *, equation: str, needs: Iterable[str] = (),
@@ -67,22 +67,13 @@ def register(name: str, *, equation: str, needs: Iterable[str] = (),
     return decorate
 
 
-def _load() -> None:
-    global _LOADED
-    if not _LOADED:
-        _LOADED = True
-        from qgen.measures import catalog  # noqa: F401  (importing registers the measures)
-
-
 def measure_names() -> list[str]:
     """Every registered measure name, sorted."""
-    _load()
     return sorted(_REGISTRY)
 
 
 def get_measure(name: str) -> Measure:
     """The registered measure ``name`` (QgenError listing the names if unknown)."""
-    _load()
     if name not in _REGISTRY:
         raise QgenError(f"unknown measure {name!r}; allowed: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]

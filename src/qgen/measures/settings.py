@@ -20,12 +20,11 @@ Two presets::
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-from qgen.config import _check_choice, _check_int, _fail, _float_field, _Spec
+from qgen.config import Spec, check_choice, check_int, fail, float_field
 from qgen.errors import QgenError
 
 PRESETS = ("default", "dziugaite2020", "jiang2020")
@@ -59,19 +58,8 @@ _PRESET_FIELDS: dict[str, dict[str, Any]] = {
 }
 
 
-def _check_names(names: tuple[str, ...]) -> None:
-    # Imported here: the registry imports this module (for MeasureSpec) at its top.
-    from qgen.measures.registry import measure_names
-
-    known = measure_names()
-    for pattern in names:
-        if not isinstance(pattern, str) or not fnmatch.filter(known, pattern):
-            _fail("measures.names", f"{pattern!r} matches no measure; allowed: "
-                  f"{', '.join(known)} (shell patterns such as 'pacbayes.*' work)")
-
-
 @dataclass(frozen=True)
-class MeasureSpec(_Spec):
+class MeasureSpec(Spec):
     """All settings of the generalization measures (measures.md's table of choices).
 
     Field groups (measures.md row in brackets):
@@ -184,59 +172,61 @@ class MeasureSpec(_Spec):
         if isinstance(names, str):
             names = (names,)
         if not isinstance(names, (list, tuple)):
-            _fail(w + "names", f"must be a list of measure names, got {names!r}")
+            fail(w + "names", f"must be a list of measure names, got {names!r}")
         object.__setattr__(self, "names", tuple(names))
-        _check_names(self.names)
-        _check_int(w + "seed", self.seed, 0, 2**31 - 1)
+        for pattern in self.names:  # matched against the catalog where they are used
+            if not isinstance(pattern, str) or not pattern:
+                fail(w + "names", f"must be measure names or patterns, got {pattern!r}")
+        check_int(w + "seed", self.seed, 0, 2**31 - 1)
         if self.eval_subset is not None:
-            _check_int(w + "eval_subset", self.eval_subset, 1)
-        _check_int(w + "eval_batch", self.eval_batch, 1, 1 << 20)
-        _check_choice(w + "target", self.target, ("accuracy", "loss"))
-        _float_field(self, "target_deviation", w + "target_deviation", 0.0, 10.0, lo_open=True)
-        _float_field(self, "target_tolerance", w + "target_tolerance", 0.0, 10.0, lo_open=True)
+            check_int(w + "eval_subset", self.eval_subset, 1)
+        check_int(w + "eval_batch", self.eval_batch, 1, 1 << 20)
+        check_choice(w + "target", self.target, ("accuracy", "loss"))
+        float_field(self, "target_deviation", w + "target_deviation", 0.0, 10.0, lo_open=True)
+        float_field(self, "target_tolerance", w + "target_tolerance", 0.0, 10.0, lo_open=True)
         if self.target_tolerance >= self.target_deviation:
-            _fail(w + "target_tolerance", f"must be < target_deviation "
+            fail(w + "target_tolerance", f"must be < target_deviation "
                   f"({self.target_deviation}), got {self.target_tolerance}")
-        _check_choice(w + "gauss_std", self.gauss_std, ("sigma", "sigma_squared"))
-        _check_choice(w + "mag_noise", self.mag_noise, ("variance", "std"))
-        _float_field(self, "mag_eps", w + "mag_eps", 0.0, 1.0)
-        _check_choice(w + "params", self.params, ("weights", "all"))
-        _check_choice(w + "bn", self.bn, ("eval", "fold"))
-        _check_choice(w + "quant_mode", self.quant_mode, ("latent", "dequantized"))
-        _check_choice(w + "deviation", self.deviation, ("increase", "absolute"))
-        _check_choice(w + "search", self.search, ("threshold", "bisect"))
-        _check_int(w + "mc_draws", self.mc_draws, 1, 100000)
-        _check_int(w + "mc_search_draws", self.mc_search_draws, 1, 100000)
-        _check_int(w + "mc_min_draws", self.mc_min_draws, 2, 100000)
-        _float_field(self, "mc_stderr", w + "mc_stderr", 0.0, 1.0)
-        _float_field(self, "mc_decision_z", w + "mc_decision_z", 0.0, 100.0, lo_open=True)
+        check_choice(w + "gauss_std", self.gauss_std, ("sigma", "sigma_squared"))
+        check_choice(w + "mag_noise", self.mag_noise, ("variance", "std"))
+        float_field(self, "mag_eps", w + "mag_eps", 0.0, 1.0)
+        check_choice(w + "params", self.params, ("weights", "all"))
+        check_choice(w + "bn", self.bn, ("eval", "fold"))
+        check_choice(w + "quant_mode", self.quant_mode, ("latent", "dequantized"))
+        check_choice(w + "deviation", self.deviation, ("increase", "absolute"))
+        check_choice(w + "search", self.search, ("threshold", "bisect"))
+        check_int(w + "mc_draws", self.mc_draws, 1, 100000)
+        check_int(w + "mc_search_draws", self.mc_search_draws, 1, 100000)
+        check_int(w + "mc_min_draws", self.mc_min_draws, 2, 100000)
+        float_field(self, "mc_stderr", w + "mc_stderr", 0.0, 1.0)
+        float_field(self, "mc_decision_z", w + "mc_decision_z", 0.0, 100.0, lo_open=True)
         if self.mc_eval_examples is not None:
-            _check_int(w + "mc_eval_examples", self.mc_eval_examples, 1)
-        _check_choice(w + "sharpness_set", self.sharpness_set, ("box", "l2"))
-        _check_choice(w + "sharpness_mag_radius", self.sharpness_mag_radius,
+            check_int(w + "mc_eval_examples", self.mc_eval_examples, 1)
+        check_choice(w + "sharpness_set", self.sharpness_set, ("box", "l2"))
+        check_choice(w + "sharpness_mag_radius", self.sharpness_mag_radius,
                       ("scaled", "additive"))
-        _check_choice(w + "ascent_keep", self.ascent_keep, ("best", "last"))
-        _check_int(w + "ascent_steps", self.ascent_steps, 0, 100000)
-        _check_int(w + "ascent_restarts", self.ascent_restarts, 1, 1000)
-        _float_field(self, "ascent_lr", w + "ascent_lr", 0.0, 100.0, lo_open=True)
-        _check_int(w + "ascent_batch", self.ascent_batch, 1, 1 << 20)
-        _float_field(self, "bisect_lo", w + "bisect_lo", 0.0, 1e6)
-        _float_field(self, "bisect_hi", w + "bisect_hi", 0.0, 1e6, lo_open=True)
+        check_choice(w + "ascent_keep", self.ascent_keep, ("best", "last"))
+        check_int(w + "ascent_steps", self.ascent_steps, 0, 100000)
+        check_int(w + "ascent_restarts", self.ascent_restarts, 1, 1000)
+        float_field(self, "ascent_lr", w + "ascent_lr", 0.0, 100.0, lo_open=True)
+        check_int(w + "ascent_batch", self.ascent_batch, 1, 1 << 20)
+        float_field(self, "bisect_lo", w + "bisect_lo", 0.0, 1e6)
+        float_field(self, "bisect_hi", w + "bisect_hi", 0.0, 1e6, lo_open=True)
         if self.bisect_hi <= self.bisect_lo:
-            _fail(w + "bisect_hi", f"must be > bisect_lo ({self.bisect_lo}), "
+            fail(w + "bisect_hi", f"must be > bisect_lo ({self.bisect_lo}), "
                   f"got {self.bisect_hi}")
-        _check_int(w + "bisect_steps", self.bisect_steps, 1, 200)
-        _float_field(self, "bisect_rel_width", w + "bisect_rel_width", 0.0, 1.0, lo_open=True)
-        _float_field(self, "bisect_min_width", w + "bisect_min_width", 0.0, 1e6)
-        _float_field(self, "delta", w + "delta", 0.0, 1.0, lo_open=True)
-        _check_choice(w + "mag_orig_denominator", self.mag_orig_denominator,
+        check_int(w + "bisect_steps", self.bisect_steps, 1, 200)
+        float_field(self, "bisect_rel_width", w + "bisect_rel_width", 0.0, 1.0, lo_open=True)
+        float_field(self, "bisect_min_width", w + "bisect_min_width", 0.0, 1e6)
+        float_field(self, "delta", w + "delta", 0.0, 1.0, lo_open=True)
+        check_choice(w + "mag_orig_denominator", self.mag_orig_denominator,
                       ("w", "w_minus_w0"))
-        _check_int(w + "hessian_samples", self.hessian_samples, 1, 1000000)
-        _check_int(w + "power_iters", self.power_iters, 1, 100000)
-        _check_int(w + "hessian_batch", self.hessian_batch, 1, 1 << 20)
+        check_int(w + "hessian_samples", self.hessian_samples, 1, 1000000)
+        check_int(w + "power_iters", self.power_iters, 1, 100000)
+        check_int(w + "hessian_batch", self.hessian_batch, 1, 1 << 20)
         if not isinstance(self.early_stop, bool):
-            _fail(w + "early_stop", f"must be true or false, got {self.early_stop!r}")
-        _check_choice(w + "preset_name", self.preset_name, PRESETS)
+            fail(w + "early_stop", f"must be true or false, got {self.early_stop!r}")
+        check_choice(w + "preset_name", self.preset_name, PRESETS)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> MeasureSpec:

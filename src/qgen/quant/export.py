@@ -21,11 +21,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
+from qgen.checkpoint import load_tensors, read_metadata, save_tensors
 from qgen.errors import QgenError
-from qgen.io import load_tensors, save_tensors
 from qgen.quant.lsq import broadcast_shape, effective_step
 from qgen.quant.model import quant_layers, quantizers
 
@@ -85,14 +84,6 @@ def export_quantized(model: nn.Module, path: str | Path,
     save_tensors(path, tensors, meta)
 
 
-def _read_metadata(path: Path) -> dict[str, str]:
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return dict(fh.metadata() or {})
-    except Exception as exc:  # safetensors raises several types for a damaged header
-        raise QgenError(f"{path}: corrupt or unreadable safetensors file ({exc})") from exc
-
-
 def load_quantized(path: str | Path, model: nn.Module) -> nn.Module:
     """Fill ``model`` (freshly built and ``quantize_model``'d, same architecture and spec)
     from an :func:`export_quantized` file; returns ``model``.
@@ -102,7 +93,7 @@ def load_quantized(path: str | Path, model: nn.Module) -> nn.Module:
     """
     path = Path(path)
     tensors = load_tensors(path)
-    meta = _read_metadata(path)
+    meta = read_metadata(path)
     if meta.get(META_FORMAT) != FORMAT:
         raise QgenError(f"{path}: not a qgen quantized export (format "
                         f"{meta.get(META_FORMAT)!r}, expected {FORMAT!r})")

@@ -51,6 +51,7 @@ from typing import Any, Protocol
 
 from qgen.config import RunSpec, Runtime
 from qgen.errors import QgenError
+from qgen.store import light_versions, publish_files
 
 #: datasets each worker keeps in memory (a grid rarely alternates between more)
 DATA_CACHE_SIZE = 2
@@ -112,8 +113,6 @@ def _cached_splits(spec: RunSpec, runtime: Runtime) -> Any:
 
 def error_info(exc: BaseException) -> dict[str, Any]:
     """The error record of an exception: type, message, traceback, versions."""
-    from qgen.sweep.store import light_versions
-
     etype = type(exc)
     return {
         "error_type": etype.__qualname__ if etype.__module__ == "builtins"
@@ -132,7 +131,6 @@ def run_spec_safely(spec: RunSpec, runtime: Runtime) -> dict[str, Any]:
     try:
         from qgen.train import execute_run
 
-        spec.validate_names()
         splits = _cached_splits(spec, runtime)
         result = execute_run(spec, runtime, splits=splits)
         return {"run_id": spec.run_id, "ok": True, "status": str(result["status"]),
@@ -236,8 +234,6 @@ class _Worker:
 
 
 def _crash_error(exitcode: int | None, attempts: int) -> dict[str, Any]:
-    from qgen.sweep.store import light_versions
-
     how = (f"was killed by signal {-exitcode}" if exitcode is not None and exitcode < 0
            else f"exited with code {exitcode}")
     return {"error_type": "WorkerCrashed",
@@ -440,8 +436,6 @@ class RayExecutor:
         """Submit one task per spec; publish each returned run into ``runtime.out_dir``."""
         if not specs:
             return
-        from qgen.sweep.store import publish_run_files
-
         ray = import_ray()
         started = self._init(ray)
         device = "cuda" if self.gpus_per_run > 0 else "cpu"
@@ -471,7 +465,7 @@ class RayExecutor:
                     outcome = RunOutcome.from_dict(out)
                     if outcome.ok:
                         try:
-                            publish_run_files(runtime.out_dir, spec.run_id, outcome.files or {})
+                            publish_files(runtime.out_dir, spec.run_id, outcome.files or {})
                         except (OSError, QgenError) as exc:
                             outcome = RunOutcome(run_id=spec.run_id, ok=False, status="failed",
                                                  error=error_info(exc))

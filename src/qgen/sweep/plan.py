@@ -222,6 +222,17 @@ def expand(sweep: Sweep, check_names: bool = True) -> Plan:
     as ``axes.<field>[i]`` rather than somewhere in the product. ``check_names`` also checks
     dataset and model names against the registries (imports the data and model packages).
     """
+    checked: set[tuple[str, str]] = set()
+
+    def _names_ok(spec: RunSpec) -> RunSpec:
+        names = (spec.data.name, spec.model.name)
+        if check_names and names not in checked:
+            from qgen.train.run import check_names as check_spec_names
+
+            check_spec_names(spec)
+            checked.add(names)
+        return spec
+
     axes = dict(sweep.axes)
     if sweep.seeds is not None:
         axes["train.seed"] = list(sweep.seeds)
@@ -229,9 +240,7 @@ def expand(sweep: Sweep, check_names: bool = True) -> Plan:
         label = "seeds" if key == "train.seed" and sweep.seeds is not None else f"axes.{key}"
         for i, value in enumerate(values):
             try:
-                spec = _point_spec(sweep.base, {key: value})
-                if check_names:
-                    spec.validate_names()
+                _names_ok(_point_spec(sweep.base, {key: value}))
             except QgenError as exc:
                 raise QgenError(f"{label}[{i}] = {value!r}: {exc}") from None
     keys = list(axes)
@@ -244,9 +253,7 @@ def expand(sweep: Sweep, check_names: bool = True) -> Plan:
         grid_size += 1
         point = dict(zip(keys, combo, strict=True))
         try:
-            spec = _point_spec(sweep.base, point)
-            if check_names:
-                spec.validate_names()
+            spec = _names_ok(_point_spec(sweep.base, point))
         except QgenError as exc:
             raise QgenError(f"grid point {point}: {exc}") from None
         rid = spec.run_id

@@ -8,6 +8,7 @@ write a store (an exclusive lock); what a killed process left behind is removed 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
@@ -18,17 +19,10 @@ from pathlib import Path
 from qgen.config import Runtime
 from qgen.errors import QgenError
 from qgen.io import check_writable_dir
+from qgen.store import RunDir, light_versions, now_iso, remove_stale, store_lock, write_error
 from qgen.sweep.executors import Executor, RunOutcome
 from qgen.sweep.plan import Plan
-from qgen.sweep.store import (
-    light_versions,
-    now_iso,
-    remove_stale,
-    run_state,
-    store_lock,
-    write_error,
-    write_manifest,
-)
+from qgen.sweep.status import write_manifest
 
 
 @dataclass
@@ -82,14 +76,12 @@ def run_sweep(
     when the workers are other machines that have the data and this one does not).
     """
     t0 = time.perf_counter()
+    if check_data:  # before anything is created: a missing dataset leaves no store behind
+        check_data_available(plan, runtime)
     out = check_writable_dir(runtime.out_dir)
-    runtime = Runtime(out_dir=out, data_dir=runtime.data_dir, device=runtime.device,
-                      threads=runtime.threads, quiet=runtime.quiet, download=runtime.download,
-                      force=False)
+    runtime = dataclasses.replace(runtime, out_dir=out, force=False)
     report = SweepReport(out_dir=out, planned=len(plan.specs), duplicates=len(plan.duplicates))
     with store_lock(out):
-        if check_data:
-            check_data_available(plan, runtime)
         report.removed_stale = remove_stale(out)
         manifest = {
             "name": plan.sweep.name,
@@ -112,8 +104,8 @@ def run_sweep(
         write_manifest(out, manifest)
         todo = []
         for spec in plan.specs:
-            state = run_state(out / spec.run_id)
-            if state == "done":
+            state = RunDir(out / spec.run_id).state
+            if state == "complete":
                 report.already_done += 1
             elif state == "failed" and not retry_failed:
                 report.skipped_failed.append(spec.run_id)

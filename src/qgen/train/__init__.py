@@ -1,22 +1,24 @@
-"""Training: the protocol's loop and stop rule, evaluation, and run directories."""
+"""Training: the protocol's loop and stop rule, evaluation, training health, and one run from
+spec to run directory (the directory itself belongs to :mod:`qgen.store`)."""
 
 from qgen.train.evaluate import EvalMetrics, evaluate, gaps, margins, predict_logits
-from qgen.train.loop import TrainOutcome, make_optimizer, train_model
+from qgen.train.health import training_health
+from qgen.train.loop import TrainOutcome, make_optimizer, recalibrate_batchnorm, train_model
 from qgen.train.run import (
     build_for_spec,
+    check_names,
     execute_run,
     export_run,
-    is_complete,
+    info_from_result,
     load_export,
-    load_result,
+    load_run_data,
     load_run_model,
-    load_spec,
     versions,
 )
 
 __all__ = [
-    "EvalMetrics", "TrainOutcome", "build_for_spec", "evaluate", "execute_run", "export_run",
-    "gaps", "load_export",
-    "is_complete", "load_result", "load_run_model", "load_spec", "make_optimizer", "margins",
-    "predict_logits", "train_model", "versions",
+    "EvalMetrics", "TrainOutcome", "build_for_spec", "check_names", "evaluate", "execute_run",
+    "export_run", "gaps", "info_from_result", "load_export", "load_run_data", "load_run_model",
+    "make_optimizer", "margins", "predict_logits", "recalibrate_batchnorm", "train_model",
+    "training_health", "versions",
 ]

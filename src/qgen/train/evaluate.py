@@ -8,10 +8,13 @@ Both are computed with the model in eval mode (BatchNorm running statistics).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from qgen.data.source import ExampleSource, as_source
 
 
 @dataclass(frozen=True)
@@ -36,20 +39,34 @@ class EvalMetrics:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 1000,
-                   device: str | torch.device | None = None) -> Tensor:
-    """Logits of ``model`` on ``x`` in eval mode, batch by batch, on ``device``."""
+def _forward(model: nn.Module, batches: Any, device: str | torch.device | None
+             ) -> tuple[Tensor, Tensor | None]:
+    """Logits (float32) of every batch in eval mode, and the labels if the batches carry any."""
     was_training = model.training
     model.eval()
     if device is None:
         device = next(iter(model.parameters())).device
-    out = []
+    out, labels = [], []
     try:
-        for i in range(0, len(x), batch_size):
-            out.append(model(x[i:i + batch_size].to(device, non_blocking=True)).float())
+        for batch in batches:
+            xb, yb = batch if isinstance(batch, tuple) else (batch, None)
+            out.append(model(xb.to(device, non_blocking=True)).float())
+            if yb is not None:
+                labels.append(yb)
     finally:
         model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
+    logits = torch.cat(out) if out else torch.empty(0)
+    return logits, (torch.cat(labels) if labels else None)
+
+
+def predict_logits(model: nn.Module, x: Tensor | ExampleSource, batch_size: int = 1000,
+                   device: str | torch.device | None = None) -> Tensor:
+    """Logits of ``model`` on ``x`` (inputs, or an ExampleSource) in eval mode, batch by
+    batch, on ``device``."""
+    if isinstance(x, Tensor):
+        return _forward(model, (x[i:i + batch_size] for i in range(0, len(x), batch_size)),
+                        device)[0]
+    return _forward(model, x.batches(batch_size), device)[0]
 
 
 def margins(logits: Tensor, y: Tensor) -> Tensor:
@@ -60,9 +77,17 @@ def margins(logits: Tensor, y: Tensor) -> Tensor:
     return true - others.max(dim=1).values
 
 
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> EvalMetrics:
-    """Mean cross-entropy, accuracy and margin statistics of ``model`` on (x, y)."""
-    logits = predict_logits(model, x, batch_size)
+def evaluate(model: nn.Module, x: Tensor | ExampleSource, y: Tensor | None = None,
+             batch_size: int = 1000) -> EvalMetrics:
+    """Mean cross-entropy, accuracy and margin statistics of ``model`` on (x, y), or on an
+    ExampleSource ``x`` (with ``y`` None)."""
+    if isinstance(x, Tensor):
+        if y is None:
+            raise ValueError("evaluate: labels missing")
+        logits = predict_logits(model, x, batch_size)
+    else:
+        logits, y = _forward(model, as_source(x, y).batches(batch_size), None)
+        y = torch.empty(0, dtype=torch.long) if y is None else y
     y = y.to(logits.device)
     if len(y) == 0:
         raise ValueError("cannot evaluate on an empty split")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qgen.config import QuantSpec, TrainSpec
-from qgen.data import TensorLoader
+from qgen.data import Batches, ExampleSource, as_source
 from qgen.quant import param_groups
 from qgen.quant.steps import StepTracker
 from qgen.train.evaluate import evaluate
@@ -72,10 +72,12 @@ def make_optimizer(model: nn.Module, spec: TrainSpec,
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, x: Tensor, batch_size: int) -> int:
-    """Re-estimate every BatchNorm's running mean and variance from ``x``, in place.
+def recalibrate_batchnorm(model: nn.Module, data: ExampleSource | Tensor,
+                          batch_size: int) -> int:
+    """Re-estimate every BatchNorm's running mean and variance from ``data`` (a source, or
+    an input tensor), in place.
 
-    One pass over ``x`` in order, in batches of ``batch_size`` (the batch statistics the
+    One pass over the data in order, in batches of ``batch_size`` (the batch statistics the
     network trained with), with every BatchNorm in training mode and averaging cumulatively
     (``momentum=None``); everything else (dropout, quantizers) in eval mode. Parameters and
     quantizer steps are not touched, and the model's train/eval mode is restored. Returns the
@@ -85,6 +87,10 @@ def recalibrate_batchnorm(model: nn.Module, x: Tensor, batch_size: int) -> int:
            and m.track_running_stats]
     if not bns:
         return 0
+    if isinstance(data, Tensor):
+        batches: Any = ((data[i:i + batch_size], None) for i in range(0, len(data), batch_size))
+    else:
+        batches = data.batches(batch_size)
     was_training = model.training
     momenta = [m.momentum for m in bns]
     model.eval()
@@ -94,8 +100,7 @@ def recalibrate_batchnorm(model: nn.Module, x: Tensor, batch_size: int) -> int:
             m.reset_running_stats()
             m.momentum = None
             m.train()
-        for i in range(0, len(x), batch_size):
-            xb = x[i:i + batch_size]
+        for i, (xb, _) in enumerate(batches):
             if len(xb) < 2 and i > 0:
                 break  # a trailing batch of one has no variance
             model(xb.to(device, non_blocking=True))
@@ -114,9 +119,9 @@ def _lr_at(spec: TrainSpec, step: int, total: int) -> float:
 
 def train_model(
     model: nn.Module,
-    train_x: Tensor,
-    train_y: Tensor,
-    spec: TrainSpec,
+    data: ExampleSource | Tensor,
+    labels: Tensor | None = None,
+    spec: TrainSpec | None = None,
     *,
     quant: QuantSpec | None = None,
     device: str | torch.device = "cpu",
@@ -126,23 +131,28 @@ def train_model(
 ) -> TrainOutcome:
     """Train ``model`` in place until the stop rule fires.
 
-    ``on_step(step_in_epoch, steps_per_epoch, loss)`` and ``on_epoch(record)`` report progress.
-    The batch order and augmentation are drawn from ``spec.seed``, so a run is reproducible.
+    ``data`` is the training split: an :class:`~qgen.data.ExampleSource`, or the input
+    tensor with ``labels``. ``on_step(step_in_epoch, steps_per_epoch, loss)`` and
+    ``on_epoch(record)`` report progress. The batch order and augmentation are drawn from
+    ``spec.seed``, so a run is reproducible.
     """
+    if spec is None:
+        raise TypeError("train_model: spec (a TrainSpec) is required")
+    source = as_source(data, labels)
     model.to(device)
-    loader = TensorLoader(train_x, train_y, spec.batch_size, shuffle=True, augment=augment,
-                          seed=spec.seed, device=device)
+    loader = source.batches(spec.batch_size, shuffle=True, augment=augment, seed=spec.seed,
+                            device=device)
     optimizer = make_optimizer(model, spec, quant)
     tracker = None
     if quant is not None and quant.enabled:
         tracker = StepTracker(model, quant.step_max_rel_change)
     outcome = TrainOutcome(status="max_epochs", epochs=0, steps=0)
     try:
-        _train_epochs(model, loader, train_x, train_y, spec, optimizer, tracker, outcome,
-                      on_step, on_epoch)
+        _train_epochs(model, loader, source, spec, optimizer, tracker, outcome, on_step,
+                      on_epoch)
         if spec.bn_recalibration == "full" and outcome.status != "diverged":
             # the statistics the final evaluation and every later use of the model see
-            recalibrate_batchnorm(model, train_x, spec.batch_size)
+            recalibrate_batchnorm(model, source, spec.batch_size)
     finally:
         if tracker is not None:
             outcome.step_sizes = tracker.report()
@@ -150,8 +160,8 @@ def train_model(
     return outcome
 
 
-def _train_epochs(model: nn.Module, loader: TensorLoader, train_x: Tensor, train_y: Tensor,
-                  spec: TrainSpec, optimizer: torch.optim.Optimizer, tracker: StepTracker | None,
+def _train_epochs(model: nn.Module, loader: Batches, source: ExampleSource, spec: TrainSpec,
+                  optimizer: torch.optim.Optimizer, tracker: StepTracker | None,
                   outcome: TrainOutcome,
                   on_step: Callable[[int, int, float], None] | None,
                   on_epoch: Callable[[dict[str, Any]], None] | None) -> None:
@@ -163,8 +173,8 @@ def _train_epochs(model: nn.Module, loader: TensorLoader, train_x: Tensor, train
     def check(epoch_pos: float) -> bool:
         nonlocal close
         if spec.bn_recalibration == "full":
-            recalibrate_batchnorm(model, train_x, spec.batch_size)
-        ce = evaluate(model, train_x, train_y).loss
+            recalibrate_batchnorm(model, source, spec.batch_size)
+        ce = evaluate(model, source).loss
         model.train()
         outcome.checks.append({"epoch": round(epoch_pos, 4), "step": outcome.steps, "train_ce": ce})
         close = ce <= CLOSE_FACTOR * spec.target_ce

@@ -1,4 +1,4 @@
-"""Collect a run store into one tidy table: one row per run directory.
+"""The results table: one tidy row per run of a store, and the column conventions.
 
 Columns (prefixes after nitarshan/robust-generalization-measures' tidy results):
 
@@ -8,8 +8,10 @@ Columns (prefixes after nitarshan/robust-generalization-measures' tidy results):
   ``hp.train.lr``, plus ``hp.quant.label`` ('fp', 'w8a8', 'w4a4', 'w8afp', …);
 - ``gen.*``: ``train_loss``, ``train_accuracy``, ``test_loss``, ``test_accuracy``,
   ``loss_gap``, ``acc_gap``, the margin statistics, ``epochs``, ``steps``, ``wall_time_s``;
-- ``measure.<name>``: each value of the run's ``measures.json`` (see qgen.measures.store);
-- ``robust.<path>``: each number in ``result["robustness"]``, nested keys joined by dots;
+- one prefix per post-pass, from the columns each record carries (:mod:`qgen.store.postpass`):
+  ``measure.<name>`` (measures), ``robust.<...>`` (robustness), ``theory.<...>`` (theory),
+  with their flags under ``meta.*``; a ``measures.json`` written before post-passes carried
+  their columns is read the way it always was;
 - ``meta.*``: ``num_params``, ``device``, ``threads``, ``torch``, ``qgen`` versions,
   ``measure_preset``, ``saturated.<family>`` (a measure search that ended at a bound), and
   the training-health verdict: ``healthy`` (False: never report the run as a normal model),
@@ -19,24 +21,25 @@ Types are chosen so that pandas, Parquet and DuckDB agree: integer spec fields a
 64-bit integers, floats are float64, flags are nullable booleans, names are strings.
 **Full precision** is a null in ``hp.quant.w_bits`` / ``hp.quant.a_bits`` (so the columns stay
 integers and ``WHERE "hp.quant.w_bits" IS NULL`` selects it) and the string ``'fp'`` in
-``hp.quant.label``, which is the column to group by. ``hp.quant.overrides`` is JSON text.
+``hp.quant.label``, which is the column to group by. ``hp.quant.overrides`` and
+``hp.model.options`` are JSON text.
 Non-finite metrics (a diverged run's loss) are NaN / ±inf floats.
+
+Collecting reads JSON only: it imports neither torch nor the code that wrote the records.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from qgen.config import DataSpec, ModelSpec, QuantSpec, RunSpec, TrainSpec
 from qgen.errors import QgenError
-from qgen.io import read_json
-from qgen.sweep.store import ERROR_FILE, run_state
+from qgen.io import atomic_write
+from qgen.store import SPEC_FILE, RunDir, run_dirs
 
 SECTIONS = {"data": DataSpec, "model": ModelSpec, "quant": QuantSpec, "train": TrainSpec}
 TABLE_SUFFIXES = (".parquet", ".csv")
@@ -54,16 +57,6 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def _flatten_numbers(obj: Any, prefix: str, out: dict[str, float]) -> None:
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            _flatten_numbers(v, f"{prefix}.{k}", out)
-        return
-    num = _number(obj)
-    if num is not None:
-        out[prefix] = num
-
-
 def _hp_columns(spec: RunSpec) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
@@ -72,6 +65,8 @@ def _hp_columns(spec: RunSpec) -> dict[str, Any]:
             value = getattr(sub, f.name)
             if f.name == "overrides":
                 value = json.dumps([list(o) for o in value])
+            elif f.name == "options":
+                value = json.dumps(dict(value), sort_keys=True)
             row[f"hp.{section}.{f.name}"] = value
     row["hp.quant.label"] = spec.quant.label
     return row
@@ -84,7 +79,7 @@ def _hp_dtypes() -> dict[str, str]:
         for f in fields(cls):
             col = f"hp.{section}.{f.name}"
             t = str(f.type)
-            if f.name == "overrides":
+            if f.name in ("overrides", "options"):
                 dtypes[col] = "string"
             elif "bool" in t:
                 dtypes[col] = "boolean"
@@ -99,38 +94,52 @@ def _hp_dtypes() -> dict[str, str]:
     return dtypes
 
 
-def _row_for(run_dir: Path) -> dict[str, Any] | None:
-    state = run_state(run_dir)
-    if state == "done":
-        spec = RunSpec.from_dict(read_json(run_dir / "spec.json"))
-        result = read_json(run_dir / "result.json")
-        row: dict[str, Any] = {"run_id": run_dir.name, "status": result.get("status"),
+#: the record files of post-passes, besides the run's own files
+_RUN_JSON = {SPEC_FILE, "result.json", "error.json"}
+
+
+def _legacy_measure_columns(record: dict[str, Any]) -> dict[str, Any]:
+    """Columns of a measures.json written before records carried their own columns."""
+    cols: dict[str, Any] = {
+        "meta.measure_preset": (record.get("measure_spec") or {}).get("preset_name")}
+    for key, diag in (record.get("diagnostics") or {}).items():
+        if key.startswith("search.") and isinstance(diag, dict):
+            # a search that ended at an interval bound: its values are bounds only
+            cols[f"meta.saturated.{key.removeprefix('search.')}"] = bool(diag.get("saturated"))
+    for name, value in (record.get("values") or {}).items():
+        cols[f"measure.{name}"] = value
+    return cols
+
+
+def _postpass_columns(run: RunDir) -> dict[str, Any]:
+    cols: dict[str, Any] = {}
+    for path in sorted(run.path.glob("*.json")):
+        if path.name in _RUN_JSON:
+            continue
+        record = run.record(path.stem)
+        if not record:
+            continue
+        if isinstance(record.get("columns"), dict):
+            cols.update(record["columns"])
+        elif path.stem == "measures" and isinstance(record.get("values"), dict):
+            cols.update(_legacy_measure_columns(record))
+    return {k: (_number(v) if k.split(".", 1)[0] != "meta" else v) for k, v in cols.items()}
+
+
+def _row_for(run: RunDir) -> dict[str, Any] | None:
+    state = run.state
+    if state == "complete":
+        result = run.result
+        row: dict[str, Any] = {"run_id": run.run_id, "status": result.get("status"),
                                "error_type": None, "error": None}
-        row.update(_hp_columns(spec))
+        row.update(_hp_columns(run.spec))
         for key, value in (result.get("metrics") or {}).items():
             num = _number(value)
             if num is not None:
                 row[f"gen.{key}"] = num
         for key in ("epochs", "steps", "wall_time_s"):
             row[f"gen.{key}"] = _number(result.get(key))
-        measures = result.get("measures")
-        if (run_dir / "measures.json").is_file():  # written by qgen.measures.store
-            measures = read_json(run_dir / "measures.json")
-            row["meta.measure_preset"] = (measures.get("measure_spec") or {}).get("preset_name")
-            for key, diag in (measures.get("diagnostics") or {}).items():
-                if key.startswith("search.") and isinstance(diag, dict):
-                    # a search that ended at an interval bound: its values are bounds only
-                    row[f"meta.saturated.{key.removeprefix('search.')}"] = bool(
-                        diag.get("saturated"))
-        if isinstance(measures, dict) and isinstance(measures.get("values"), dict):
-            for name, value in measures["values"].items():
-                num = _number(value)
-                if num is not None:
-                    row[f"measure.{name}"] = num
-        robust: dict[str, float] = {}
-        if isinstance(result.get("robustness"), dict):
-            _flatten_numbers(result["robustness"], "robust", robust)
-        row.update(robust)
+        row.update(_postpass_columns(run))
         health = result.get("health")
         if isinstance(health, dict):  # runs from before the health check have none
             row["meta.healthy"] = bool(health.get("healthy"))
@@ -143,13 +152,13 @@ def _row_for(run_dir: Path) -> dict[str, Any] | None:
                     "meta.torch": versions.get("torch"), "meta.qgen": versions.get("qgen")})
         return row
     if state == "failed":
-        err = read_json(run_dir / ERROR_FILE)
-        row = {"run_id": run_dir.name, "status": "failed",
+        err = run.error or {}
+        row = {"run_id": run.run_id, "status": "failed",
                "error_type": err.get("error_type"), "error": err.get("message")}
         try:
             row.update(_hp_columns(RunSpec.from_dict(err.get("spec") or {})))
         except QgenError:
-            pass  # a record from an older spec version: keep the row, without hp columns
+            pass  # a record from an unreadable spec: keep the row, without hp columns
         versions = err.get("versions") or {}
         row.update({"meta.torch": versions.get("torch"), "meta.qgen": versions.get("qgen")})
         return row
@@ -160,26 +169,32 @@ def collect(out_dir: str | Path) -> Any:
     """One row per run directory of the store (complete or failed), sorted by run id.
 
     Returns a pandas DataFrame with the columns described in the module docstring; a store
-    without runs gives an empty frame with the base columns.
+    without runs gives an empty frame with the base columns. Directories that are neither
+    complete nor failed (e.g. a damaged result.json) have no row; they are listed with the
+    reason in ``df.attrs["skipped"]`` as (run id, reason) pairs.
     """
     import pandas as pd
 
-    out = Path(out_dir)
-    if not out.is_dir():
-        raise QgenError(f"{out}: no such run store")
     rows = []
-    for d in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        row = _row_for(d)
+    skipped: list[tuple[str, str]] = []
+    for run in run_dirs(out_dir):
+        row = _row_for(run)
         if row is not None:
             rows.append(row)
+        else:
+            skipped.append((run.run_id, run.why_incomplete()))
     base = ["run_id", "status", "error_type", "error"]
     df = pd.DataFrame(rows)
     if df.empty:
-        return pd.DataFrame({c: pd.Series(dtype="string") for c in base})
+        df = pd.DataFrame({c: pd.Series(dtype="string") for c in base})
+        df.attrs["skipped"] = skipped
+        return df
     hp = _hp_dtypes()
     order = base + [c for c in hp if c in df.columns]
-    for prefix in ("gen.", "measure.", "robust.", "meta."):
+    for prefix in ("gen.", "measure.", "robust.", "theory."):
         order += sorted(c for c in df.columns if c.startswith(prefix))
+    order += sorted(c for c in df.columns if c not in order and not c.startswith("meta."))
+    order += sorted(c for c in df.columns if c.startswith("meta."))
     order += [c for c in df.columns if c not in order]
     df = df[order]
     for col in df.columns:
@@ -195,35 +210,47 @@ def collect(out_dir: str | Path) -> Any:
         elif col in ("gen.steps", "meta.num_params", "meta.threads") or (
                 col.startswith("gen.") and col.endswith("_n")):
             df[col] = df[col].astype("Int64")
-        elif col.startswith(("gen.", "measure.", "robust.")):
+        elif col.startswith(("gen.", "measure.", "robust.", "theory.")):
             df[col] = df[col].astype("float64")
-    return df.reset_index(drop=True)
+    df = df.reset_index(drop=True)
+    df.attrs["skipped"] = skipped
+    return df
 
 
 def write_table(df: Any, path: str | Path) -> Path:
-    """Write ``df`` as Parquet or CSV (by suffix) atomically: temp file, fsync, rename."""
+    """Write ``df`` as Parquet or CSV (by suffix) atomically."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         raise QgenError(f"{path}: unknown table format {suffix or '(no suffix)'!r}; "
                         f"use one of {', '.join(TABLE_SUFFIXES)}")
+    if path.is_dir():
+        raise QgenError(f"{path}: is a directory; give a file name ending in "
+                        f"{' or '.join(TABLE_SUFFIXES)}")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise QgenError(f"{path}: folder {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    if suffix == ".parquet":
+        return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+    return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+
+
+def read_table(path: str | Path) -> Any:
+    """A results table written by :func:`write_table` (Parquet or CSV), as a DataFrame."""
+    import pandas as pd
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise QgenError(f"{path}: unknown table format {suffix or '(no suffix)'!r}; "
+                        f"use one of {', '.join(TABLE_SUFFIXES)}")
+    if not path.is_file():
+        raise QgenError(f"{path}: no such results table")
     try:
-        if suffix == ".parquet":
-            df.to_parquet(tmp, index=False)
-        else:
-            df.to_csv(tmp, index=False)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        return pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path)
+    except Exception as exc:  # pyarrow and pandas raise many kinds on a damaged file
+        raise QgenError(f"{path}: not a readable results table ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:200]})") from exc
 
 
 def summarize(df: Any) -> dict[str, int]:

@@ -1,9 +1,8 @@
-"""Command line for sweeps: ``qgen sweep plan|run|status`` and ``qgen collect``.
+"""``qgen sweep plan|run|status|measure`` and ``qgen collect``.
 
-:data:`sweep_app` is a typer sub-app mounted as ``qgen sweep``; :func:`collect_command` is
-mounted as ``qgen collect``. The module also runs on its own with the same command names
-(``python -m qgen.sweep.cli sweep run demo --out runs/demo``). Heavy imports (torch, pandas,
-Ray) happen inside the commands so that ``qgen --help`` stays fast.
+:data:`sweep_app` is mounted as ``qgen sweep``; :func:`collect_command` as ``qgen collect``.
+Heavy imports (torch, pandas, Ray) happen inside the commands so that ``qgen --help`` stays
+fast.
 
 Exit codes: 0 done; 1 the sweep ran to the end but some planned runs have failed (their
 ``error.json`` says why); 2 bad input (one line on stderr).
@@ -12,7 +11,6 @@ Exit codes: 0 done; 1 the sweep ran to the end but some planned runs have failed
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +18,21 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from qgen.cliutil import console, err_console, user_errors
-from qgen.errors import QgenError
-from qgen.measures.cli import (
+from qgen.cli.common import (
     DATA_DIR_OPT,
     DEVICE_OPT,
     FORCE_OPT,
-    MEASURES_OPT,
-    PRESET_OPT,
     QUIET_OPT,
-    SET_OPT,
     THREADS_OPT,
-    measure_from_options,
+    check_device,
+    check_threads,
+    console,
+    make_progress,
+    say,
+    user_errors,
 )
+from qgen.cli.measure import MEASURES_OPT, PRESET_OPT, SET_OPT, measure_from_options
+from qgen.errors import QgenError
 
 sweep_app = typer.Typer(add_completion=False, no_args_is_help=True,
                         help="Plan, run and follow sweeps of many runs (grids over spec fields).")
@@ -148,8 +148,8 @@ def run_command(
     from qgen.sweep.plan import expand, load_sweep
 
     with user_errors():
-        if device != "cpu" and not device.startswith("cuda"):
-            raise QgenError(f"--device: must be cpu or cuda, got {device!r}")
+        check_device(device)
+        check_threads(threads)
         sw = load_sweep(sweep)
         plan = expand(sw)
         ex = _executor(executor, workers, threads, address, device, gpus, gpus_per_run,
@@ -166,22 +166,10 @@ def run_command(
 def run_with_progress(plan: Any, runtime: Any, ex: Any, *, retry_failed: bool = False,
                       check_data: bool = True, quiet: bool = False) -> Any:
     """Run a planned sweep with a live progress bar (none with ``quiet``); return its report."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from qgen.sweep.runner import run_sweep
 
     name = plan.sweep.name
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                        TimeRemainingColumn(), console=err_console, disable=quiet,
-                        transient=False)
+    progress = make_progress(quiet, eta=True, transient=False)
     state: dict[str, Any] = {}
 
     def on_start(to_run: int, done: int) -> None:
@@ -192,9 +180,8 @@ def run_with_progress(plan: Any, runtime: Any, ex: Any, *, retry_failed: bool = 
         progress.update(state["task"], advance=1, info=f"{outcome.run_id} {outcome.status}")
 
     if not quiet:
-        err_console.print(f"sweep {name}: {len(plan.specs)} runs → {runtime.out_dir} "
-                          f"({ex.name}, {ex.concurrency} × {ex.threads} threads, "
-                          f"{runtime.device})", highlight=False, markup=False)
+        say(f"sweep {name}: {len(plan.specs)} runs → {runtime.out_dir} ({ex.name}, "
+            f"{ex.concurrency} × {ex.threads} threads, {runtime.device})", err=True)
     with progress:
         return run_sweep(plan, runtime, ex, retry_failed=retry_failed, check_data=check_data,
                          on_start=on_start, on_done=on_done)
@@ -234,15 +221,13 @@ def measure_store_command(
     quiet: bool = QUIET_OPT,
 ) -> None:
     """Measure every finished run of a store (resumable post-pass; diverged runs skipped)."""
-    from qgen.sweep.store import store_lock
+    from qgen.store import run_dirs, store_lock
 
     with user_errors():
-        if not out.is_dir():
-            raise QgenError(f"{out}: no such run store")
-        dirs = sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
+        dirs = run_dirs(out)
         with store_lock(out):
             records = measure_from_options(dirs, measures, preset, settings, data_dir, device,
-                                           threads, force, quiet)
+                                           threads, force, quiet, strict=False)
         console.print(f"{len(records)} runs measured in {out}", highlight=False)
 
 
@@ -251,7 +236,7 @@ def status_command(
     out: Path = typer.Argument(..., help="Run store directory of a sweep."),
 ) -> None:
     """Done / failed / diverged / pending counts of a store, and an ETA while it runs."""
-    from qgen.sweep.store import store_status
+    from qgen.sweep.status import store_status
 
     with user_errors():
         st = store_status(out)
@@ -289,30 +274,23 @@ def collect_command(
     output: Path = typer.Option(Path("results.parquet"), "--output", "-o",
                                 help="Table to write: .parquet or .csv."),
 ) -> None:
-    """One tidy row per run (hp.*, gen.*, measure.*, robust.*) as Parquet or CSV."""
-    from qgen.sweep.results import collect, summarize, write_table
+    """One tidy row per run (hp.*, gen.*, measure.*, robust.*, theory.*) as Parquet or CSV."""
+    from qgen.results import collect, summarize, write_table
 
     with user_errors():
         if output.suffix.lower() not in (".parquet", ".csv"):
             raise QgenError(f"--output: {output} must end in .parquet or .csv")
+        if output.is_dir():
+            raise QgenError(f"--output: {output} is a directory; give a file name ending in "
+                            ".parquet or .csv")
         df = collect(out)
+        skipped = df.attrs.get("skipped", [])
+        for rid, why in skipped:
+            say(f"warning: {out / rid}: not collected ({why})", err=True)
+        if df.empty:
+            raise QgenError(f"{out}: no runs to collect"
+                            + (f" ({len(skipped)} damaged run directories)" if skipped
+                               else " (the store is empty)"))
         write_table(df, output)
         counts = ", ".join(f"{v} {k}" for k, v in summarize(df).items()) or "no runs"
-        console.print(f"wrote {len(df)} rows × {len(df.columns)} columns ({counts}) to {output}",
-                      highlight=False, markup=False)
-
-
-#: standalone app with the same command names as the mounted ones
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="qgen sweep commands (mounted in `qgen` as `qgen sweep` / `qgen collect`).")
-app.add_typer(sweep_app, name="sweep")
-app.command("collect")(collect_command)
-
-
-def main() -> None:
-    """Entry point of ``python -m qgen.sweep.cli``."""
-    app()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        say(f"wrote {len(df)} rows × {len(df.columns)} columns ({counts}) to {output}")

@@ -1,0 +1,183 @@
+"""Post-passes: named stages that take a complete run and write ``<name>.json`` beside it.
+
+Measures, robustness and theory are post-passes. Each supplies only what is its own (a
+:class:`PostPass`): its name, the column prefix of its values in the results table, the
+settings key that must match for two records to be merged, when a stored record already
+answers a request, and the compute function. :func:`run_postpass` does the rest for all of
+them: it refuses a run that is not complete or that diverged, reuses a record made with the
+same settings, refuses to mix settings unless ``force``, times the work, records versions
+and writes the record atomically with its table columns precomputed, so that
+:func:`qgen.results.collect` reads every post-pass without knowing it (and without torch).
+
+A record holds at least::
+
+    {"postpass": name, "run_id": ..., "settings_key": {...}, "values": {name: number},
+     "columns": {"<prefix>.<name>": value, "meta.<...>": value}, "wall_time_s": ...,
+     "versions": {...}}
+
+This module imports no torch; the compute functions do.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qgen.errors import QgenError
+from qgen.store.rundir import RunDir, light_versions, now_iso
+
+
+#: what a compute function gets besides the run and the settings: where data is, the device,
+#: and a cache that lives across the runs of one call (datasets loaded once)
+@dataclass
+class Resources:
+    """Shared by every run of one post-pass call."""
+
+    data_dir: Path | None = None
+    device: str = "cpu"
+    cache: dict[Any, Any] = field(default_factory=dict)
+
+
+Compute = Callable[[RunDir, Any, "dict[str, Any] | None", Resources], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class PostPass:
+    """One post-pass.
+
+    - ``name``: the record file is ``<name>.json``;
+    - ``prefix``: its values become ``<prefix>.<value name>`` columns;
+    - ``settings_key(settings) -> dict``: what must be equal for a stored record to count;
+    - ``is_done(record, settings) -> bool``: a record with the same key already answers
+      (e.g. it holds every measure asked for);
+    - ``compute(run, settings, previous, resources) -> dict``: the record's own content, at
+      least ``values``; ``previous`` is the stored record with the same settings key (for
+      passes that add to it), else None;
+    - ``columns(record) -> dict``: extra table columns (``meta.*``) besides the values.
+    """
+
+    name: str
+    prefix: str
+    settings_key: Callable[[Any], dict[str, Any]]
+    compute: Compute
+    is_done: Callable[[dict[str, Any], Any], bool] = lambda record, settings: True
+    columns: Callable[[dict[str, Any]], dict[str, Any]] = lambda record: {}
+
+    def table_columns(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The record's columns for the results table."""
+        cols: dict[str, Any] = {f"{self.prefix}.{k}": v
+                                for k, v in (record.get("values") or {}).items()}
+        cols.update(self.columns(record))
+        return cols
+
+
+_REGISTRY: dict[str, PostPass] = {}
+
+
+def register_postpass(postpass: PostPass) -> PostPass:
+    """Make a post-pass known by name (the module that defines it calls this)."""
+    if postpass.name in _REGISTRY and _REGISTRY[postpass.name] is not postpass:
+        raise ValueError(f"post-pass {postpass.name!r} is registered twice")
+    _REGISTRY[postpass.name] = postpass
+    return postpass
+
+
+def get_postpass(name: str) -> PostPass:
+    """A registered post-pass (QgenError listing the known ones)."""
+    if name not in _REGISTRY:
+        raise QgenError(f"unknown post-pass {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def run_postpass(postpass: PostPass, run: RunDir | str | Path, settings: Any, *,
+                 force: bool = False, resources: Resources | None = None) -> dict[str, Any]:
+    """Run ``postpass`` on one complete run and store its record; return the record.
+
+    A run that is not complete, or that diverged, is a QgenError. A stored record with other
+    settings is refused unless ``force`` (one settings record per run, so a results table
+    never mixes settings silently); one with the same settings that already answers comes
+    back with ``"reused": True`` (a flag for callers, never stored).
+    """
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    run.require_complete()
+    if run.result.get("status") == "diverged":
+        raise QgenError(f"{run.path}: the run diverged; its {postpass.name} are undefined")
+    key = postpass.settings_key(settings)
+    old = run.record(postpass.name)
+    previous = None
+    if old is not None and not force:
+        if old.get("settings_key") != key:
+            raise QgenError(f"{run.path}: {postpass.name} already computed with other "
+                            f"settings ({_difference(old.get('settings_key'), key)}); use "
+                            "--force to replace them")
+        if postpass.is_done(old, settings):
+            return {**old, "reused": True}
+        previous = old
+    t0 = time.perf_counter()
+    record = postpass.compute(run, settings, previous, resources or Resources())
+    record.update({
+        "postpass": postpass.name,
+        "run_id": run.run_id,
+        "settings_key": key,
+        "wall_time_s": time.perf_counter() - t0,
+        "time": now_iso(),
+        "versions": {**light_versions(), **(record.get("versions") or {})},
+        "device": (resources or Resources()).device,
+    })
+    record["columns"] = postpass.table_columns(record)
+    run.write_record(postpass.name, record)
+    return record
+
+
+def _difference(old: Any, new: dict[str, Any]) -> str:
+    if not isinstance(old, dict):
+        return "an unreadable settings key"
+    for k in sorted(set(old) | set(new)):
+        if old.get(k) != new.get(k):
+            return f"{k}: stored {old.get(k)!r}, asked {new.get(k)!r}"
+    return "same keys"
+
+
+OnDone = Callable[[RunDir, "dict[str, Any] | None", "str | None"], None]
+
+
+def run_postpass_many(postpass: PostPass, runs: Iterable[RunDir | str | Path], settings: Any,
+                      *, force: bool = False, resources: Resources | None = None,
+                      on_done: OnDone | None = None, strict: bool = False
+                      ) -> dict[str, dict[str, Any]]:
+    """Run ``postpass`` on several runs, sharing ``resources`` (data loaded once).
+
+    Inside a store (``strict=False``) runs that are not complete or that diverged are
+    skipped and reported through ``on_done(run, None, reason)``; with ``strict`` (runs the
+    user named one by one) they are errors, raised before anything is computed. Every other
+    run is reported with ``on_done(run, record, None)``. Returns the records by run id.
+    """
+    resources = resources or Resources()
+    items = [r if isinstance(r, RunDir) else RunDir(r) for r in runs]
+    if strict:
+        for run in items:
+            run.require_complete()
+            if run.result.get("status") == "diverged":
+                raise QgenError(f"{run.path}: the run diverged; its {postpass.name} are "
+                                "undefined")
+    out: dict[str, dict[str, Any]] = {}
+    for run in items:
+        reason = None
+        if not run.is_complete:
+            reason = "not a complete run"
+        elif run.result.get("status") == "diverged":
+            reason = "diverged"
+        if reason is not None:
+            if strict:
+                raise QgenError(f"{run.path}: {reason}")
+            if on_done is not None:
+                on_done(run, None, reason)
+            continue
+        record = run_postpass(postpass, run, settings, force=force, resources=resources)
+        out[run.run_id] = record
+        if on_done is not None:
+            on_done(run, record, None)
+    return out
