@@ -120,3 +120,21 @@ def test_all_measures_on_a_quantized_model(qnet):
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert all(layer.w_quant.enabled for _, layer in quant.quant_layers(net))
+
+
+def test_each_mode_switches_exactly_the_quantizers_it_says(qnet):
+    """Through qgen.quant's public API: 'latent' leaves every quantizer on; 'dequantized'
+    turns off exactly the weight quantizers; both freeze every step size; a renamed or
+    missing quantizer attribute would fail here instead of silently measuring a float net."""
+    net, *_ = qnet
+    names = {n: q.role for n, q in quant.quantizers(net)}
+    assert sorted(set(names.values())) == ["activation", "weight"]
+    latent = prepare_model(net, MeasureSpec(quant_mode="latent"))
+    assert {n: q.enabled for n, q in quant.quantizers(latent.model)} == dict.fromkeys(names, True)
+    deq = prepare_model(net, MeasureSpec(quant_mode="dequantized"))
+    assert {n: q.enabled for n, q in quant.quantizers(deq.model)} == {
+        n: role == "activation" for n, role in names.items()}
+    assert deq.notes["dequantized_layers"] == sum(r == "weight" for r in names.values())
+    for prep in (latent, deq):
+        assert not any(q.step.requires_grad for _, q in quant.quantizers(prep.model))
+    assert all(q.enabled for _, q in quant.quantizers(net))  # the caller's model untouched
