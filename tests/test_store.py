@@ -75,7 +75,7 @@ def test_an_old_store_collects_as_before(old_store):
 def test_an_old_store_loads_and_measures(old_store):
     from qgen.measures import MeasureSpec
     from qgen.measures.postpass import measure_run
-    from qgen.train import evaluate, load_run_model, load_run_data
+    from qgen.train import evaluate, load_run_data, load_run_model
 
     run = next(r for r in run_dirs(old_store) if r.is_complete)
     model = load_run_model(run)
