@@ -4,12 +4,14 @@
 holds the MeasureSpec, the values, every setting and the search traces; its settings key is
 the MeasureSpec without the list of names, so asking again with the same settings computes
 only the measures not yet stored, and other settings are refused unless ``force``.
-The table columns are ``measure.<name>``, ``meta.measure_preset`` and
-``meta.saturated.<family>`` (a search that ended at a bound of its interval).
+The table columns are ``measure.<name>``, ``meta.measure_preset``, ``meta.measure_settings``
+(the settings key as JSON) and ``meta.saturated.<family>`` (a search that ended at a bound
+of its interval).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,9 @@ def _compute(run: RunDir, spec: MeasureSpec, previous: dict[str, Any] | None,
 
 def _columns(record: dict[str, Any]) -> dict[str, Any]:
     cols: dict[str, Any] = {
-        "meta.measure_preset": (record.get("measure_spec") or {}).get("preset_name")}
+        "meta.measure_preset": (record.get("measure_spec") or {}).get("preset_name"),
+        # every setting, so a report can say exactly how the measures were computed
+        "meta.measure_settings": json.dumps(record.get("settings_key"), sort_keys=True)}
     for key, diag in (record.get("diagnostics") or {}).items():
         if key.startswith("search.") and isinstance(diag, dict):
             cols[f"meta.saturated.{key.removeprefix('search.')}"] = bool(diag.get("saturated"))

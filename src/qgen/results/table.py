@@ -199,7 +199,8 @@ def collect(out_dir: str | Path) -> Any:
     df = df[order]
     for col in df.columns:
         if col in base or col in ("meta.device", "meta.torch", "meta.qgen",
-                                  "meta.health_flags"):
+                                  "meta.health_flags", "meta.measure_settings",
+                                  "meta.measure_preset"):
             df[col] = df[col].astype("string")
         elif col == "meta.healthy":
             df[col] = df[col].astype("boolean")
