@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev,ray,plot,digits
+# the report test opens the HTML in a real headless browser: Debian's chromium
+if ! command -v chromium >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "test.sh: installing chromium (for the report's browser test)" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
+export QGEN_REQUIRE_BROWSER=1
 .venv/bin/ruff check src tests bench
 set +e
 .venv/bin/python -m pytest "$@"

@@ -40,8 +40,11 @@ def write_sweep(path: Path, content: object) -> Path:
 def test_presets_resolve_by_name_and_paper_grids_are_large():
     assert {"demo", "cifar10-nin", "cifar100-nin"} <= set(preset_names())
     demo = expand(load_sweep("demo"))
-    assert len(demo.specs) == 4
-    assert [s.quant.label for s in demo.specs] == ["fp", "w8a8", "w4a4", "w2a2"]
+    assert len(demo.specs) == 24  # 6 settings, each at every bit width
+    assert [s.quant.label for s in demo.specs[::6]] == ["fp", "w8a8", "w4a4", "w2a2"]
+    assert {(s.model.width, s.train.lr) for s in demo.specs} == {
+        (w, lr) for w in (2, 3) for lr in (0.05, 0.07, 0.1)}
+    assert {s.train.target_ce for s in demo.specs} == {0.1}
     assert {s.data.name for s in demo.specs} == {"fashion-mnist"}
     assert load_sweep("demo").source == "preset:demo"
     c10 = expand(load_sweep("cifar10-nin"))

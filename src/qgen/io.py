@@ -132,6 +132,28 @@ def check_writable_dir(path: str | Path) -> Path:
     return path
 
 
+def check_can_create_dir(path: str | Path) -> Path:
+    """Check, without creating anything, that ``path`` is a writable directory or can be made
+    one (its nearest existing ancestor is a writable directory); a QgenError otherwise."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise QgenError(f"output directory {path} exists and is not a directory; "
+                            "choose another --out")
+        probe = path
+    else:
+        probe = path.parent
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise QgenError(f"output directory {path} is not writable ({probe} is a file, "
+                            "not a directory); choose a directory you can write to with --out")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise QgenError(f"output directory {path} is not writable (no write permission in "
+                        f"{probe}); choose a directory you can write to with --out")
+    return path
+
+
 def read_yaml(path: str | Path) -> Any:
     """Parse a YAML file safely (no object construction); problems become a QgenError."""
     import yaml

@@ -74,6 +74,14 @@ MEASURES = register_postpass(PostPass(name="measures", prefix="measure",
                                       is_done=_is_done, columns=_columns))
 
 
+def settings_from_dict(data: dict[str, Any]) -> MeasureSpec:
+    """A MeasureSpec from a mapping (a ``preset`` key first, then fields; ``names`` are
+    checked against the catalog)."""
+    spec = MeasureSpec.from_dict(data)
+    resolve_names(spec.names)
+    return spec
+
+
 def read_measures(run_dir: str | Path) -> dict[str, Any] | None:
     """The stored measures record of a run, or None."""
     return RunDir(run_dir).record("measures")

@@ -146,38 +146,100 @@ OnDone = Callable[[RunDir, "dict[str, Any] | None", "str | None"], None]
 
 def run_postpass_many(postpass: PostPass, runs: Iterable[RunDir | str | Path], settings: Any,
                       *, force: bool = False, resources: Resources | None = None,
-                      on_done: OnDone | None = None, strict: bool = False
-                      ) -> dict[str, dict[str, Any]]:
+                      on_done: OnDone | None = None, strict: bool = False, workers: int = 1,
+                      threads: int | None = None) -> dict[str, dict[str, Any]]:
     """Run ``postpass`` on several runs, sharing ``resources`` (data loaded once).
 
     Inside a store (``strict=False``) runs that are not complete or that diverged are
     skipped and reported through ``on_done(run, None, reason)``; with ``strict`` (runs the
     user named one by one) they are errors, raised before anything is computed. Every other
-    run is reported with ``on_done(run, record, None)``. Returns the records by run id.
+    run is reported with ``on_done(run, record, None)``, in finishing order. Returns the
+    records by run id.
+
+    ``workers`` > 1 computes runs in that many worker processes (spawned; each loads the
+    datasets it needs once and sets ``threads`` torch threads, default 1), so that a
+    two-core machine measures two models at once; records are the same as in one process
+    with the same thread count.
     """
     resources = resources or Resources()
     items = [r if isinstance(r, RunDir) else RunDir(r) for r in runs]
-    if strict:
-        for run in items:
-            run.require_complete()
-            if run.result.get("status") == "diverged":
-                raise QgenError(f"{run.path}: the run diverged; its {postpass.name} are "
-                                "undefined")
-    out: dict[str, dict[str, Any]] = {}
+    todo: list[RunDir] = []
     for run in items:
         reason = None
         if not run.is_complete:
             reason = "not a complete run"
         elif run.result.get("status") == "diverged":
             reason = "diverged"
+        if reason is not None and strict:
+            run.require_complete()
+            raise QgenError(f"{run.path}: the run diverged; its {postpass.name} are "
+                            "undefined")
         if reason is not None:
-            if strict:
-                raise QgenError(f"{run.path}: {reason}")
             if on_done is not None:
                 on_done(run, None, reason)
-            continue
-        record = run_postpass(postpass, run, settings, force=force, resources=resources)
+        else:
+            todo.append(run)
+    out: dict[str, dict[str, Any]] = {}
+
+    def finish(run: RunDir, record: dict[str, Any]) -> None:
         out[run.run_id] = record
         if on_done is not None:
             on_done(run, record, None)
+
+    if workers <= 1 or len(todo) <= 1:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        for run in todo:
+            finish(run, run_postpass(postpass, run, settings, force=force,
+                                     resources=resources))
+        return out
+    _run_in_workers(postpass, todo, settings, force, resources, workers, threads or 1, finish)
     return out
+
+
+def _worker_init(threads: int) -> None:
+    import os
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+_WORKER_RESOURCES: dict[tuple[Any, ...], Resources] = {}
+
+
+def _worker_run(module: str, name: str, path: str, settings: Any, force: bool,
+                data_dir: str | None, device: str) -> dict[str, Any]:
+    import importlib
+
+    importlib.import_module(module)  # registers the post-pass in this process
+    key = (data_dir, device)
+    resources = _WORKER_RESOURCES.setdefault(
+        key, Resources(data_dir=Path(data_dir) if data_dir else None, device=device))
+    return run_postpass(get_postpass(name), RunDir(path), settings, force=force,
+                        resources=resources)
+
+
+def _run_in_workers(postpass: PostPass, runs: list[RunDir], settings: Any, force: bool,
+                    resources: Resources, workers: int, threads: int,
+                    finish: Callable[[RunDir, dict[str, Any]], None]) -> None:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    module = postpass.compute.__module__
+    data_dir = str(resources.data_dir) if resources.data_dir else None
+    with ProcessPoolExecutor(max_workers=min(workers, len(runs)),
+                             mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(_worker_run, module, postpass.name, str(run.path), settings,
+                               force, data_dir, resources.device): run for run in runs}
+        try:
+            for fut in as_completed(futures):
+                finish(futures[fut], fut.result())
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise

@@ -11,6 +11,7 @@ A sweep file holds a base run spec, grid axes over any spec field (dotted names,
       quant.bits: [fp, 8, 4, 2]
       model.width: [1, 2]
     seeds: [0, 1]              # shorthand for an innermost axis over train.seed
+    study: {...}               # optional: what `qgen study` does after training
 
 A sweep argument that is not an existing path is looked up by name among the presets shipped
 in ``qgen/configs/`` (``demo``, ``cifar10-nin``, ``cifar100-nin``). Every grid point becomes a
@@ -33,7 +34,7 @@ from qgen.config import RunSpec, set_path
 from qgen.errors import QgenError
 from qgen.io import read_yaml
 
-TOP_KEYS = ("name", "description", "base", "axes", "seeds")
+TOP_KEYS = ("name", "description", "base", "axes", "seeds", "study")
 SECTIONS = ("data", "model", "quant", "train")
 
 
@@ -50,6 +51,8 @@ class Sweep:
     seeds: list[int] | None = None
     description: str = ""
     source: str = ""
+    #: what ``qgen study`` does after training (post-passes, report); read by qgen.study
+    study: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The sweep file's resolved content (what ``sweep.json`` records)."""
@@ -59,6 +62,8 @@ class Sweep:
             out["seeds"] = list(self.seeds)
         if self.description:
             out["description"] = self.description
+        if self.study:
+            out["study"] = copy.deepcopy(self.study)
         return out
 
 
@@ -138,8 +143,12 @@ def parse_sweep(data: Any, where: str = "sweep", default_name: str = "sweep",
     if seeds is not None and "train.seed" in axes:
         raise QgenError(f"{where}: seeds and an axis over train.seed both set the seed; "
                         "keep one of them")
+    study = data.get("study") or {}
+    if not isinstance(study, Mapping):
+        raise QgenError(f"{where}: study must be a mapping (what `qgen study` does after "
+                        f"training), got {type(study).__name__}")
     return Sweep(name=name, base=base, axes=axes, seeds=seeds, description=str(description),
-                 source=source or where)
+                 source=source or where, study=copy.deepcopy(dict(study)))
 
 
 def _parse_base(base: Any, where: str) -> dict[str, Any]:

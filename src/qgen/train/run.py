@@ -23,7 +23,7 @@ from qgen.checkpoint import read_metadata, save_tensors
 from qgen.config import RunSpec, Runtime
 from qgen.data import DatasetInfo, Splits, dataset_names, load_data
 from qgen.errors import QgenError
-from qgen.io import atomic_write_json, check_writable_dir
+from qgen.io import atomic_write_json, check_can_create_dir, check_writable_dir
 from qgen.models import build_model, model_names
 from qgen.store import (
     INIT_FILE,
@@ -88,7 +88,9 @@ def execute_run(
     An existing complete run directory is returned as it is unless ``runtime.force``.
     ``splits`` lets a caller that runs many specs on the same data load it once.
     """
-    out_dir = check_writable_dir(runtime.out_dir)
+    # Nothing is created before the data loads and the model builds: a late error (missing
+    # data, an impossible depth, a bad device) leaves no empty output directory behind.
+    out_dir = check_can_create_dir(runtime.out_dir)
     existing = RunDir(out_dir / spec.run_id)
     if existing.is_complete and not runtime.force:
         return existing.result
@@ -148,6 +150,7 @@ def execute_run(
         save_tensors(tmp / MODEL_FILE, model.state_dict(), meta)
         atomic_write_json(tmp / RESULT_FILE, result)
 
+    check_writable_dir(out_dir)
     publish_run(out_dir, spec.run_id, build, replace=runtime.force)
     return result
 
