@@ -40,6 +40,8 @@ STUDY_KEYS = ("measures", "robustness", "theory", "report", "fast")
 #: function in that module that turns the study section's mapping into its settings)
 POSTPASSES: dict[str, tuple[str, str]] = {
     "measures": ("qgen.measures.postpass", "settings_from_dict"),
+    "robustness": ("qgen.robustness.postpass", "settings_from_dict"),
+    "theory": ("qgen.theory.postpass", "settings_from_dict"),
 }
 
 

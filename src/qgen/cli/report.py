@@ -85,12 +85,17 @@ def console_tables(analysis: Any) -> list[Any]:
         t.add_row(c.statement, f"[{colour.get(c.verdict, 'white')}]{c.verdict}[/]")
     out.append(t)
     if analysis.correlations:
-        t = Table(title=f"Kendall τ of each measure with {analysis.gap_column} [95% CI]",
+        t = Table(title=f"Kendall τ of each flatness measure with {analysis.gap_column} "
+                        "[95% CI] (all measures: the report)",
                   title_justify="left")
         t.add_column("measure")
         for g in analysis.tau_groups():
             t.add_column(g, justify="right")
+        from qgen.analysis.frame import is_flatness
+
         for name, corr in analysis.correlations.items():
+            if not is_flatness(name):
+                continue
             cells = [fmt_estimate(corr.tau)]
             for g in analysis.tau_groups()[1:]:
                 cells.append(fmt_estimate(corr.tau_by.get("hp.quant.label", {}).get(g)))

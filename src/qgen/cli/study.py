@@ -91,11 +91,13 @@ def demo(
     fast: bool = typer.Option(False, "--fast", help="A first look (fewer runs, cheaper "
                                                     "measures)."),
     data_dir: Path | None = typer.Option(None, help="Where Fashion-MNIST is."),
-    workers: int = typer.Option(2, min=1, help="Runs side by side (each on one thread: the "
-                                               "numbers do not depend on it)."),
+    workers: int = typer.Option(2, min=1, help="Runs side by side (the numbers do not "
+                                               "depend on it)."),
+    threads: int = typer.Option(1, help="torch threads per run (the numbers depend on it: "
+                                        "the demo's are for 1)."),
     quiet: bool = QUIET_OPT,
 ) -> None:
     """The main job: `qgen study` on the demo preset (Fashion-MNIST, fp/8/4/2 bits)."""
     with user_errors():
-        run_study_command("demo", out, fast=fast, workers=workers, threads=1,
+        run_study_command("demo", out, fast=fast, workers=workers, threads=threads,
                           data_dir=data_dir, device="cpu", quiet=quiet)
