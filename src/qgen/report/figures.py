@@ -53,7 +53,9 @@ class Figure:
         return f"{self.name}.png"
 
 
-def _new(size: tuple[float, float] = FIGSIZE) -> Any:
+def new_figure(size: tuple[float, float] = FIGSIZE) -> Any:
+    """A matplotlib figure on the Agg canvas (no pyplot, no global backend) at ``size``
+    inches and the report's resolution; every section draws on these."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure as MplFigure
 
@@ -62,7 +64,9 @@ def _new(size: tuple[float, float] = FIGSIZE) -> Any:
     return fig
 
 
-def _png(fig: Any, name: str, caption: str) -> Figure:
+def to_png(fig: Any, name: str, caption: str) -> Figure:
+    """The drawn ``fig`` as a :class:`Figure` (PNG bytes without a timestamp or version
+    stamp, so the same drawing gives the same bytes)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     w, h = (int(round(v * DPI)) for v in fig.get_size_inches())
@@ -80,7 +84,7 @@ def _labels_of(a: Analysis) -> np.ndarray:
 
 def gap_by_bits(a: Analysis) -> Figure:
     """The gap of every analysed run per bit width: box plot with the runs as points."""
-    fig = _new()
+    fig = new_figure()
     ax = fig.add_subplot()
     gap = finite_values(a.runs, a.gap_column)
     lab = _labels_of(a)
@@ -97,7 +101,7 @@ def gap_by_bits(a: Analysis) -> Figure:
     ax.set_title(f"Generalization gap by bit width ({a.protocol})")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    return _png(fig, "gap_by_bits", f"{a.gap_column} of every analysed run per bit width "
+    return to_png(fig, "gap_by_bits", f"{a.gap_column} of every analysed run per bit width "
                 "(box: quartiles and median; points: runs).")
 
 
@@ -105,7 +109,7 @@ def train_vs_test_loss(a: Analysis) -> Figure | None:
     """Train against test cross-entropy, one point per run, coloured by bit width."""
     if not {"gen.train_loss", "gen.test_loss"} <= set(a.runs.columns):
         return None
-    fig = _new()
+    fig = new_figure()
     ax = fig.add_subplot()
     tr, te = finite_values(a.runs, "gen.train_loss"), finite_values(a.runs, "gen.test_loss")
     lab = _labels_of(a)
@@ -122,13 +126,13 @@ def train_vs_test_loss(a: Analysis) -> Figure | None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _png(fig, "train_vs_test_loss", "Train against test cross-entropy per run; the "
+    return to_png(fig, "train_vs_test_loss", "Train against test cross-entropy per run; the "
                 "vertical distance to the dashed line is the loss gap.")
 
 
 def measure_vs_gap(a: Analysis, measure: str) -> Figure:
     """One measure (log x) against the gap, coloured by bit width, with τ in the title."""
-    fig = _new()
+    fig = new_figure()
     ax = fig.add_subplot()
     x, y = finite_values(a.runs, measure), finite_values(a.runs, a.gap_column)
     lab = _labels_of(a)
@@ -149,7 +153,7 @@ def measure_vs_gap(a: Analysis, measure: str) -> Figure:
     fig.tight_layout()
     dropped = int((np.isfinite(x) & (x <= 0)).sum())
     note = f" {dropped} run(s) with a value ≤ 0 are not shown." if dropped else ""
-    return _png(fig, f"measure_{name.replace('.', '_')}",
+    return to_png(fig, f"measure_{name.replace('.', '_')}",
                 f"{name} against the gap, one point per run.{note}")
 
 
@@ -160,7 +164,7 @@ def tau_heatmap(a: Analysis) -> Figure | None:
     groups = a.tau_groups()
     data = a.tau_table("tau")
     vals = np.array([[np.nan if v is None else float(v) for v in data[g]] for g in groups]).T
-    fig = _new(HEATMAP_SIZE)
+    fig = new_figure(HEATMAP_SIZE)
     ax = fig.add_subplot()
     im = ax.imshow(np.ma.masked_invalid(vals), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
     ax.set_facecolor("#dddddd")
@@ -176,7 +180,7 @@ def tau_heatmap(a: Analysis) -> Figure | None:
     fig.colorbar(im, ax=ax, label="Kendall τ")
     ax.set_title("Kendall τ of each measure with the gap")
     fig.tight_layout()
-    return _png(fig, "tau_heatmap", "Kendall τ (Jiang) of each measure with the gap, over "
+    return to_png(fig, "tau_heatmap", "Kendall τ (Jiang) of each measure with the gap, over "
                 "all runs and within each bit width; grey: too few runs.")
 
 
@@ -188,7 +192,7 @@ def paired_differences(a: Analysis) -> Figure | None:
     quantities = list(dict.fromkeys(q for c in comps for q in c.stats))
     ncols = 3
     nrows = int(np.ceil(len(quantities) / ncols))
-    fig = _new()
+    fig = new_figure()
     col = colors(a.labels)
     for k, q in enumerate(quantities):
         ax = fig.add_subplot(nrows, ncols, k + 1)
@@ -208,7 +212,7 @@ def paired_differences(a: Analysis) -> Figure | None:
         ax.tick_params(axis="y", labelsize=7)
     fig.suptitle("Paired differences, quantized − full precision (median, CI)", fontsize=10)
     fig.tight_layout()
-    return _png(fig, "paired_differences", "Median paired difference (quantized − "
+    return to_png(fig, "paired_differences", "Median paired difference (quantized − "
                 "full-precision twin; log ratio for measures) with its bootstrap interval, per "
                 "bit width; 0 = no change.")
 

@@ -17,7 +17,6 @@ the section omitted with a note. Imports no torch (the report reads a table).
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from qgen.analysis.frame import LABEL, finite_values, order_labels
-from qgen.report.figures import DPI, FIGSIZE, Figure, colors
+from qgen.report.figures import Figure, colors, new_figure, to_png
 from qgen.report.sections import (
     FigureBlock,
     Paragraph,
@@ -104,30 +103,13 @@ def noise_by_bits(df: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------ drawing
-def _canvas(size: tuple[float, float] = FIGSIZE) -> Any:
-    # the same canvas as qgen.report.figures: Agg, no pyplot, fixed size and resolution
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure as MplFigure
-
-    fig = MplFigure(figsize=size, dpi=DPI)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig: Any, name: str, caption: str) -> Figure:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
-    w, h = (int(round(v * DPI)) for v in fig.get_size_inches())
-    return Figure(name, buf.getvalue(), caption, w, h)
-
-
 def noise_figure(long: Any) -> Figure | None:
     """Noise-to-signal ratio against the layers' bit width (log y), one point per run and
     role, with the 4^(−b) and 2^(−b) lines through the weights' median at the most bits."""
     w = long[(long["role"] == "weights") & np.isfinite(long["nsr"].astype(float))]
     if w.empty:
         return None
-    fig = _canvas()
+    fig = new_figure()
     ax = fig.add_subplot()
     rng = np.random.default_rng(0)  # fixed jitter: the same picture every time
     for role, marker, shift, color in (("weights", "o", -0.12, "#4c72b0"),
@@ -155,7 +137,7 @@ def noise_figure(long: Any) -> Figure | None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _png(fig, "theory_noise_vs_bits", "Noise-to-signal ratio of the quantization error "
+    return to_png(fig, "theory_noise_vs_bits", "Noise-to-signal ratio of the quantization error "
                 "Δ = Q(v) − v per run (median over its layers of that bit width; a run's "
                 "first and last layers may have 8 bits), weights and activations, against "
                 "the bit width. Lines through the weights' median at the most bits: 4^(−b) "
@@ -175,7 +157,7 @@ def regularizer_figure(df: Any) -> Figure | None:
     labels = _labels(df)
     order = [g for g in order_labels(labels[ok])]
     col = colors(order)
-    fig = _canvas()
+    fig = new_figure()
     ax, bx = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     pos = ok & (pred > 0) & (uni > 0)
     for g in order:
@@ -216,7 +198,7 @@ def regularizer_figure(df: Any) -> Figure | None:
     fig.tight_layout()
     dropped = int((ok & ~pos).sum())
     note = f" {dropped} run(s) with a value ≤ 0 are not on the log–log panel." if dropped else ""
-    return _png(fig, "theory_regularizer", "Predicted regularizer Σ(s²/24)·tr(H) (Hutchinson) "
+    return to_png(fig, "theory_regularizer", "Predicted regularizer Σ(s²/24)·tr(H) (Hutchinson) "
                 "against the measured loss increase under fresh uniform noise of the same "
                 "scale (left, ± one standard error), and the measured/predicted ratios per bit "
                 f"width for that noise and for the rounding itself (right).{note}")
@@ -233,7 +215,7 @@ def bound_figure(df: Any) -> Figure | None:
     labels = _labels(df)
     order = order_labels(labels[ok])
     col = colors(order)
-    fig = _canvas()
+    fig = new_figure()
     ax, bx = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     # log–log: the bound sits orders of magnitude above what it bounds; a run whose observed
     # gap is ≤ 0 cannot be drawn there (it is in the table)
@@ -262,7 +244,7 @@ def bound_figure(df: Any) -> Figure | None:
     ax.legend(fontsize=7)
     bx.legend(fontsize=7)
     fig.tight_layout()
-    return _png(fig, "theory_bound", "The PAC-Bayes bound with the quantization noise as the "
+    return to_png(fig, "theory_bound", "The PAC-Bayes bound with the quantization noise as the "
                 "posterior's scale: its gap term against the observed gap (left) and its "
                 "value against the observed test error (right), one point per run (log–log); "
                 f"above the dashed line the bound held.{note}")
