@@ -117,7 +117,7 @@ class Spec:
             raise QgenError(f"{cls.SECTION}: must be a mapping, got {type(data).__name__}")
         data = dict(data or {})
         names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - names)
+        unknown = sorted(set(data) - names, key=str)
         if unknown:
             raise QgenError(f"{cls.SECTION}: unknown field {unknown[0]!r}; "
                             f"allowed: {', '.join(sorted(names))}")
@@ -276,6 +276,9 @@ class QuantSpec(Spec):
         object.__setattr__(self, "a_bits", parse_bits(self.a_bits, "quant.a_bits"))
         check_choice("quant.granularity", self.granularity, ("tensor", "channel"))
         check_choice("quant.first_last", self.first_last, ("8bit", "fp", "same"))
+        if not isinstance(self.overrides or (), (list, tuple)):
+            fail("quant.overrides", "must be a list of [name_pattern, w_bits, a_bits], got "
+                 f"{self.overrides!r}")
         ov = []
         for i, item in enumerate(self.overrides or ()):
             ok = isinstance(item, (list, tuple)) and len(item) == 3 and isinstance(item[0], str)

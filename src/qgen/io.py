@@ -121,6 +121,7 @@ def read_json(path: str | Path) -> Any:
 def check_writable_dir(path: str | Path) -> Path:
     """Create ``path`` if needed and check that files can be written in it."""
     path = Path(path)
+    check_can_create_dir(path)  # names what is wrong (a file in the way, no permission)
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path, prefix=".qgen-write-test-")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -25,9 +26,15 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+#: what Ctrl-C leaves: every writer publishes whole files and run directories, or nothing
+INTERRUPTED = ("interrupted: finished runs and records are kept (each is written whole or not "
+               "at all); run the same command again to resume")
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a QgenError into one line on stderr and exit code 2."""
+    """Turn a QgenError into one line on stderr and exit code 2, and Ctrl-C into one line
+    saying what was kept and exit code 130 (typer would turn it into a silent exit 130)."""
     try:
         yield
     except QgenError as exc:
@@ -35,6 +42,9 @@ def user_errors() -> Iterator[None]:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
                           soft_wrap=True)
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        say(INTERRUPTED, err=True)
+        raise typer.Exit(130) from None
 
 
 def say(text: str, *, err: bool = False) -> None:
@@ -44,12 +54,16 @@ def say(text: str, *, err: bool = False) -> None:
 
 
 def make_progress(quiet: bool, eta: bool = False, transient: bool = True) -> Progress:
-    """A rich progress bar on stderr (disabled with --quiet)."""
+    """A rich progress bar on stderr (disabled with --quiet).
+
+    A transient bar is also off when stderr is not a terminal: there it would show nothing
+    and rich ends it with an empty line, which would precede an error's one line."""
     columns: list[Any] = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
     if eta:
         columns.append(TimeRemainingColumn())
-    return Progress(*columns, console=err_console, disable=quiet, transient=transient)
+    off = quiet or (transient and not err_console.is_interactive)
+    return Progress(*columns, console=err_console, disable=off, transient=transient)
 
 
 def parse_settings(items: list[str] | None, what: str) -> dict[str, Any]:
@@ -93,6 +107,34 @@ def check_device(device: str) -> str:
             raise QgenError(f"--device {device}: only {torch.cuda.device_count()} CUDA "
                             "device(s) here")
     return device
+
+
+def check_data_dir(data_dir: Path | None) -> Path | None:
+    """``--data-dir``: None, or a folder (one that does not exist yet is left to the dataset,
+    which says where it looked or downloads into it)."""
+    if data_dir is not None and data_dir.exists() and not data_dir.is_dir():
+        raise QgenError(f"--data-dir: {data_dir} is a file, not a folder of datasets")
+    return data_dir
+
+
+def check_file_path(path: Path, option: str, example: str) -> Path:
+    """A file to write: not a folder, in a folder that exists and is writable (nothing is
+    created here). ``example`` is a file name to suggest when ``path`` is a folder."""
+    import os
+
+    if path.is_dir():
+        raise QgenError(f"{option}: {path} is a directory; give a file name such as "
+                        f"{path / example}")
+    parent = path.parent
+    for folder in (parent, *parent.parents):
+        if folder.exists() and not folder.is_dir():
+            raise QgenError(f"{option}: {folder} is a file, not a folder, so {path} cannot be "
+                            "written")
+    if not parent.is_dir():
+        raise QgenError(f"{option}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise QgenError(f"{option}: no permission to write in {parent}")
+    return path
 
 
 # Options shared by several commands (typer accepts one OptionInfo as the default of many).

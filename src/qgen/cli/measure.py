@@ -16,6 +16,7 @@ from qgen.cli.common import (
     FORCE_OPT,
     QUIET_OPT,
     THREADS_OPT,
+    check_data_dir,
     check_device,
     check_threads,
     console,
@@ -23,6 +24,7 @@ from qgen.cli.common import (
     postpass_progress,
     user_errors,
 )
+from qgen.errors import QgenError
 
 MEASURES_OPT = typer.Option(None, "--measures", "-m",
                             help="Comma list of names or patterns, e.g. "
@@ -39,28 +41,40 @@ def parse_measure_spec(preset: str, measures: str | None, settings: list[str] | 
     from qgen.measures.settings import MeasureSpec
 
     overrides = parse_settings(settings, "MeasureSpec")
-    if measures:
-        overrides["names"] = [m.strip() for m in measures.split(",") if m.strip()]
+    if measures is not None:
+        names = [m.strip() for m in measures.split(",") if m.strip()]
+        if not names:
+            raise QgenError(f"--measures {measures!r}: no measure names; give names or "
+                            "patterns such as 'pacbayes.*', or leave --measures out for all")
+        overrides["names"] = names
     spec = MeasureSpec.preset(preset, **overrides)
     resolve_names(spec.names)
     return spec
 
 
-def measure_from_options(run_dirs: list[Any], measures: str | None, preset: str,
-                         settings: list[str] | None, data_dir: Path | None, device: str,
+def check_measure_options(measures: str | None, preset: str, settings: list[str] | None,
+                          data_dir: Path | None, device: str, threads: int | None) -> Any:
+    """Every option of the measure commands checked, before anything is touched; returns
+    the MeasureSpec."""
+    check_device(device)
+    check_threads(threads)
+    check_data_dir(data_dir)
+    return parse_measure_spec(preset, measures, settings)
+
+
+def measure_from_options(run_dirs: list[Any], spec: Any, data_dir: Path | None, device: str,
                          threads: int | None, force: bool, quiet: bool, *,
                          strict: bool) -> dict[str, Any]:
-    """The body both measure commands share: checks, threads, spec, the post-pass with a
-    progress bar. ``strict``: the runs were named by the user, so an incomplete one is an
-    error (inside a store it is skipped)."""
+    """The body both measure commands share once the options are checked
+    (:func:`check_measure_options`): threads, the post-pass with a progress bar.
+    ``strict``: the runs were named by the user, so an incomplete one is an error (inside a
+    store it is skipped)."""
     import torch
 
     from qgen.measures.postpass import measure_runs
 
-    check_device(device)
-    if check_threads(threads):
+    if threads:
         torch.set_num_threads(threads)
-    spec = parse_measure_spec(preset, measures, settings)
     progress, on_done = postpass_progress(quiet, len(run_dirs), "measures")
     with progress:
         return measure_runs(run_dirs, spec, data_dir=data_dir, device=device, force=force,
@@ -80,8 +94,9 @@ def measure_command(
 ) -> None:
     """Compute generalization measures of trained runs; store them in measures.json."""
     with user_errors():
-        records = measure_from_options(list(run_dirs), measures, preset, settings, data_dir,
-                                       device, threads, force, quiet, strict=True)
+        spec = check_measure_options(measures, preset, settings, data_dir, device, threads)
+        records = measure_from_options(list(run_dirs), spec, data_dir, device, threads, force,
+                                       quiet, strict=True)
         for rid, rec in records.items():
             vals = ", ".join(f"{k}={v:.4g}" for k, v in list(rec["values"].items())[:6])
             more = len(rec["values"]) - 6

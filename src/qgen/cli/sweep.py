@@ -24,14 +24,22 @@ from qgen.cli.common import (
     FORCE_OPT,
     QUIET_OPT,
     THREADS_OPT,
+    check_data_dir,
     check_device,
+    check_file_path,
     check_threads,
     console,
     make_progress,
     say,
     user_errors,
 )
-from qgen.cli.measure import MEASURES_OPT, PRESET_OPT, SET_OPT, measure_from_options
+from qgen.cli.measure import (
+    MEASURES_OPT,
+    PRESET_OPT,
+    SET_OPT,
+    check_measure_options,
+    measure_from_options,
+)
 from qgen.errors import QgenError
 
 sweep_app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -150,6 +158,7 @@ def run_command(
     with user_errors():
         check_device(device)
         check_threads(threads)
+        check_data_dir(data_dir)
         sw = load_sweep(sweep)
         plan = expand(sw)
         ex = _executor(executor, workers, threads, address, device, gpus, gpus_per_run,
@@ -173,18 +182,23 @@ def run_with_progress(plan: Any, runtime: Any, ex: Any, *, retry_failed: bool = 
     state: dict[str, Any] = {}
 
     def on_start(to_run: int, done: int) -> None:
+        # said once the data is found and the store locked, so a refusal is the only line
+        if not quiet:
+            say(f"sweep {name}: {len(plan.specs)} runs → {runtime.out_dir} ({ex.name}, "
+                f"{ex.concurrency} × {ex.threads} threads, {runtime.device})", err=True)
         state["task"] = progress.add_task(f"sweep {name}", total=to_run,
                                           info=f"{done} already done")
+        progress.start()
 
     def on_done(outcome: Any) -> None:
         progress.update(state["task"], advance=1, info=f"{outcome.run_id} {outcome.status}")
 
-    if not quiet:
-        say(f"sweep {name}: {len(plan.specs)} runs → {runtime.out_dir} ({ex.name}, "
-            f"{ex.concurrency} × {ex.threads} threads, {runtime.device})", err=True)
-    with progress:
+    try:
         return run_sweep(plan, runtime, ex, retry_failed=retry_failed, check_data=check_data,
                          on_start=on_start, on_done=on_done)
+    finally:
+        if "task" in state:  # a bar that never started draws nothing, not even a blank line
+            progress.stop()
 
 
 def print_report(report: Any, quiet: bool) -> None:
@@ -221,14 +235,38 @@ def measure_store_command(
     quiet: bool = QUIET_OPT,
 ) -> None:
     """Measure every finished run of a store (resumable post-pass; diverged runs skipped)."""
+    from qgen.measures.postpass import MEASURES
     from qgen.store import run_dirs, store_lock
 
     with user_errors():
         dirs = run_dirs(out)
+        spec = check_measure_options(measures, preset, settings, data_dir, device, threads)
+        require_usable_runs(out, dirs, MEASURES, "measure")
         with store_lock(out):
-            records = measure_from_options(dirs, measures, preset, settings, data_dir, device,
-                                           threads, force, quiet, strict=False)
+            records = measure_from_options(dirs, spec, data_dir, device, threads, force,
+                                           quiet, strict=False)
         console.print(f"{len(records)} runs measured in {out}", highlight=False)
+
+
+def require_usable_runs(out: Path, dirs: list[Any], postpass: Any, what: str) -> None:
+    """A store with nothing to ``what`` is an error (one line, the first reason): empty, or
+    every run incomplete, damaged or diverged. Inside a store such runs are skipped, but a
+    store where all are is most likely the wrong folder."""
+    from qgen.store import check_postpass_input
+
+    if not dirs:
+        raise QgenError(f"{out}: no runs to {what} (the store is empty)")
+    first = None
+    for run in dirs:
+        try:
+            check_postpass_input(postpass, run)
+            return
+        except QgenError as exc:
+            first = first or str(exc)
+    n = len(dirs)
+    raise QgenError(f"{out}: no runs to {what}: {'the' if n == 1 else 'all'} {n} run "
+                    f"director{'y is' if n == 1 else 'ies are'} incomplete, damaged or "
+                    f"diverged ({first})")
 
 
 @sweep_app.command("status")
@@ -236,10 +274,13 @@ def status_command(
     out: Path = typer.Argument(..., help="Run store directory of a sweep."),
 ) -> None:
     """Done / failed / diverged / pending counts of a store, and an ETA while it runs."""
+    from qgen.store import run_dirs
     from qgen.sweep.status import store_status
 
     with user_errors():
         st = store_status(out)
+        if st.manifest is None and not run_dirs(out):
+            raise QgenError(f"{out}: not a run store (no sweep.json and no run directories)")
         name = (st.manifest or {}).get("name", "?")
         table = Table(title=f"sweep {name} in {out}", title_justify="left")
         table.add_column("runs")
@@ -280,17 +321,19 @@ def collect_command(
     with user_errors():
         if output.suffix.lower() not in (".parquet", ".csv"):
             raise QgenError(f"--output: {output} must end in .parquet or .csv")
-        if output.is_dir():
-            raise QgenError(f"--output: {output} is a directory; give a file name ending in "
-                            ".parquet or .csv")
+        check_file_path(output, "--output", "results.parquet")
         df = collect(out)
         skipped = df.attrs.get("skipped", [])
+        if df.empty:
+            if not skipped:
+                raise QgenError(f"{out}: no runs to collect (the store is empty)")
+            rid, why = skipped[0]
+            n = len(skipped)
+            raise QgenError(f"{out}: no runs to collect: {'the' if n == 1 else 'all'} {n} "
+                            f"run director{'y is' if n == 1 else 'ies are'} damaged "
+                            f"({out / rid}: {why})")
         for rid, why in skipped:
             say(f"warning: {out / rid}: not collected ({why})", err=True)
-        if df.empty:
-            raise QgenError(f"{out}: no runs to collect"
-                            + (f" ({len(skipped)} damaged run directories)" if skipped
-                               else " (the store is empty)"))
         write_table(df, output)
         counts = ", ".join(f"{v} {k}" for k, v in summarize(df).items()) or "no runs"
         say(f"wrote {len(df)} rows × {len(df.columns)} columns ({counts}) to {output}")

@@ -12,7 +12,9 @@ from qgen.cli.common import (
     DEVICE_OPT,
     QUIET_OPT,
     THREADS_OPT,
+    check_data_dir,
     check_device,
+    check_file_path,
     check_threads,
     console,
     make_progress,
@@ -24,6 +26,8 @@ from qgen.config import RunSpec, Runtime, parse_bits, set_path
 from qgen.errors import QgenError
 from qgen.io import read_yaml
 
+#: the sections of a run spec file
+SECTIONS = ("data", "model", "quant", "train")
 #: the common flags of ``qgen train`` and the spec fields they set (everything else: --set)
 TRAIN_FLAGS = {
     "dataset": "data.name", "train_subset": "data.train_subset", "model": "model.name",
@@ -79,13 +83,15 @@ def spec_from_options(config: Path | None, flags: dict[str, Any],
     if config is not None:
         loaded = read_yaml(config)
         if not isinstance(loaded, dict):
-            raise QgenError(f"{config}: must hold a mapping with sections data, model, "
-                            f"quant, train; got {type(loaded).__name__}")
+            got = "an empty file" if loaded is None else f"a {type(loaded).__name__}"
+            raise QgenError(f"{config}: must hold a mapping with sections "
+                            f"{', '.join(SECTIONS)}; got {got}")
         for key, value in loaded.items():
-            if value is not None and not isinstance(value, dict):
+            if key in SECTIONS and value is not None and not isinstance(value, dict):
                 raise QgenError(f"{config}: section {key!r} must be a mapping, got "
                                 f"{type(value).__name__}")
-        tree = {k: dict(v or {}) for k, v in loaded.items()}
+        # other keys (spec_version of a spec.json, or a mistake) are RunSpec's to judge
+        tree = {k: dict(v or {}) if k in SECTIONS else v for k, v in loaded.items()}
     for key, value in flags.items():
         if value is not None:
             set_path(tree, key, value)
@@ -137,8 +143,7 @@ def train(
         spec = spec_from_options(config, flags, settings)
         check_threads(threads)
         check_device(device)
-        if out.exists() and not out.is_dir():
-            raise QgenError(f"--out: {out} exists and is not a directory")
+        check_data_dir(data_dir)
         runtime = Runtime(out_dir=out, data_dir=data_dir, device=device, threads=threads,
                           quiet=quiet, download=download, force=force)
         result = train_one(spec, runtime)
@@ -159,11 +164,7 @@ def export(
 
     with user_errors():
         if out is not None:
-            if out.is_dir():
-                raise QgenError(f"--out: {out} is a directory; give a file name such as "
-                                f"{out / 'model.int.safetensors'}")
-            if not out.parent.is_dir():
-                raise QgenError(f"--out: folder {out.parent} does not exist")
+            check_file_path(out, "--out", "model.int.safetensors")
         say(str(export_run(run_dir, out)))
 
 
@@ -174,6 +175,7 @@ def datasets(
     from qgen.data import dataset_available, dataset_names
 
     with user_errors():
+        check_data_dir(data_dir)
         table = Table(title="datasets")
         table.add_column("name")
         table.add_column("available")

@@ -136,7 +136,8 @@ def prepare_model(model: nn.Module, spec: MeasureSpec, device: str | torch.devic
         try:
             work.load_state_dict(dict(state), strict=True)
         except RuntimeError as exc:
-            raise QgenError(f"w0 does not match the model's state_dict ({exc})") from exc
+            first = " ".join(str(exc).split())[:300]  # one line: torch's message has several
+            raise QgenError(f"w0 does not match the model's state_dict ({first})") from exc
     work = work.to(device).eval()
     for p in work.parameters():
         p.requires_grad_(False)

@@ -10,6 +10,7 @@ from qgen.store.lock import LOCK_FILE, lock_holder, remove_stale, store_lock
 from qgen.store.postpass import (
     PostPass,
     Resources,
+    check_postpass_input,
     get_postpass,
     register_postpass,
     run_postpass,
@@ -33,8 +34,8 @@ from qgen.store.rundir import (
 
 __all__ = [
     "ERROR_FILE", "INIT_FILE", "LOCK_FILE", "MODEL_FILE", "RESULT_FILE", "RUN_FILES",
-    "SPEC_FILE", "PostPass", "Resources", "RunDir", "get_postpass", "light_versions",
-    "lock_holder", "now_iso", "publish_files", "publish_run", "register_postpass",
-    "remove_stale", "run_dirs", "run_postpass", "run_postpass_many", "store_lock",
-    "write_error",
+    "SPEC_FILE", "PostPass", "Resources", "RunDir", "check_postpass_input", "get_postpass",
+    "light_versions", "lock_holder", "now_iso", "publish_files", "publish_run",
+    "register_postpass", "remove_stale", "run_dirs", "run_postpass", "run_postpass_many",
+    "store_lock", "write_error",
 ]

@@ -92,6 +92,25 @@ def get_postpass(name: str) -> PostPass:
     return _REGISTRY[name]
 
 
+def check_postpass_input(postpass: PostPass, run: RunDir) -> RunDir:
+    """What every post-pass needs of a run, checked before any work: complete, with a
+    readable spec, and not diverged; a QgenError saying which is not so."""
+    run.require_complete()
+    _ = run.spec  # read and validated here, so that a bad spec.json fails before any work
+    if run.result.get("status") == "diverged":
+        raise QgenError(f"{run.path}: the run diverged; its {postpass.name} are undefined")
+    return run
+
+
+def _skip_reason(run: RunDir, exc: QgenError) -> str:
+    """The short reason a run of a store is skipped by a post-pass."""
+    if not run.is_complete:
+        return "not a complete run"
+    if run.result.get("status") == "diverged":
+        return "diverged"
+    return str(exc)
+
+
 def run_postpass(postpass: PostPass, run: RunDir | str | Path, settings: Any, *,
                  force: bool = False, resources: Resources | None = None) -> dict[str, Any]:
     """Run ``postpass`` on one complete run and store its record; return the record.
@@ -101,18 +120,11 @@ def run_postpass(postpass: PostPass, run: RunDir | str | Path, settings: Any, *,
     never mixes settings silently); one with the same settings that already answers comes
     back with ``"reused": True`` (a flag for callers, never stored).
     """
-    run = run if isinstance(run, RunDir) else RunDir(run)
-    run.require_complete()
-    if run.result.get("status") == "diverged":
-        raise QgenError(f"{run.path}: the run diverged; its {postpass.name} are undefined")
+    run = check_postpass_input(postpass, run if isinstance(run, RunDir) else RunDir(run))
     key = postpass.settings_key(settings)
-    old = run.record(postpass.name)
+    old = _stored_record(postpass, run, key, force)
     previous = None
-    if old is not None and not force:
-        if old.get("settings_key") != key:
-            raise QgenError(f"{run.path}: {postpass.name} already computed with other "
-                            f"settings ({_difference(old.get('settings_key'), key)}); use "
-                            "--force to replace them")
+    if old is not None:
         if postpass.is_done(old, settings):
             return {**old, "reused": True}
         previous = old
@@ -130,6 +142,20 @@ def run_postpass(postpass: PostPass, run: RunDir | str | Path, settings: Any, *,
     record["columns"] = postpass.table_columns(record)
     run.write_record(postpass.name, record)
     return record
+
+
+def _stored_record(postpass: PostPass, run: RunDir, key: dict[str, Any],
+                   force: bool) -> dict[str, Any] | None:
+    """The run's stored record when it may be reused or added to (None with ``force``); a
+    QgenError when it was made with other settings."""
+    old = run.record(postpass.name)
+    if old is None or force:
+        return None
+    if old.get("settings_key") != key:
+        raise QgenError(f"{run.path}: {postpass.name} already computed with other "
+                        f"settings ({_difference(old.get('settings_key'), key)}); use "
+                        "--force to replace them")
+    return old
 
 
 def _difference(old: Any, new: dict[str, Any]) -> str:
@@ -152,9 +178,9 @@ def run_postpass_many(postpass: PostPass, runs: Iterable[RunDir | str | Path], s
 
     Inside a store (``strict=False``) runs that are not complete or that diverged are
     skipped and reported through ``on_done(run, None, reason)``; with ``strict`` (runs the
-    user named one by one) they are errors, raised before anything is computed. Every other
-    run is reported with ``on_done(run, record, None)``, in finishing order. Returns the
-    records by run id.
+    user named one by one) they are errors, raised before anything is computed, as is a
+    stored record made with other settings (unless ``force``). Every other run is reported
+    with ``on_done(run, record, None)``, in finishing order. Returns the records by run id.
 
     ``workers`` > 1 computes runs in that many worker processes (spawned; each loads the
     datasets it needs once and sets ``threads`` torch threads, default 1), so that a
@@ -164,21 +190,22 @@ def run_postpass_many(postpass: PostPass, runs: Iterable[RunDir | str | Path], s
     resources = resources or Resources()
     items = [r if isinstance(r, RunDir) else RunDir(r) for r in runs]
     todo: list[RunDir] = []
+    skipped: list[tuple[RunDir, str]] = []
     for run in items:
-        reason = None
-        if not run.is_complete:
-            reason = "not a complete run"
-        elif run.result.get("status") == "diverged":
-            reason = "diverged"
-        if reason is not None and strict:
-            run.require_complete()
-            raise QgenError(f"{run.path}: the run diverged; its {postpass.name} are "
-                            "undefined")
-        if reason is not None:
-            if on_done is not None:
-                on_done(run, None, reason)
-        else:
-            todo.append(run)
+        try:
+            check_postpass_input(postpass, run)
+        except QgenError as exc:
+            if strict:
+                raise
+            skipped.append((run, _skip_reason(run, exc)))
+            continue
+        todo.append(run)
+    key = postpass.settings_key(settings)
+    for run in todo:  # a record with other settings is refused before any run is computed
+        _stored_record(postpass, run, key, force)
+    for run, reason in skipped:
+        if on_done is not None:
+            on_done(run, None, reason)
     out: dict[str, dict[str, Any]] = {}
 
     def finish(run: RunDir, record: dict[str, Any]) -> None:

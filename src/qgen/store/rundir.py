@@ -43,6 +43,8 @@ SPEC_FILE, RESULT_FILE = "spec.json", "result.json"
 MODEL_FILE, INIT_FILE = "model.safetensors", "init.safetensors"
 ERROR_FILE = "error.json"
 RUN_FILES = (SPEC_FILE, RESULT_FILE, MODEL_FILE, INIT_FILE)
+#: the statuses a run result may have (what the training loop's stop rule ends with)
+RUN_STATUSES = ("converged", "max_epochs", "diverged")
 #: what :meth:`RunDir.state` returns
 STATES = ("complete", "failed", "partial", "missing")
 
@@ -97,7 +99,7 @@ class RunDir:
             data = read_json(self.file(RESULT_FILE))
         except QgenError:
             return None
-        return data if isinstance(data, dict) and "status" in data else None
+        return data if _is_result(data) else None
 
     @property
     def state(self) -> str:
@@ -155,8 +157,9 @@ class RunDir:
     def spec(self) -> RunSpec:
         """The run's :class:`RunSpec` (older spec versions are migrated)."""
         def load() -> RunSpec:
+            data = self.spec_dict  # its own errors name the file already
             try:
-                return RunSpec.from_dict(self.spec_dict)
+                return RunSpec.from_dict(data)
             except QgenError as exc:
                 raise QgenError(f"{self.file(SPEC_FILE)}: {exc}") from None
         return self._once("spec", load)
@@ -166,7 +169,7 @@ class RunDir:
         """result.json (a QgenError if it is missing or not a run result)."""
         def load() -> dict[str, Any]:
             data = read_json(self.file(RESULT_FILE))
-            if not isinstance(data, dict) or "status" not in data:
+            if not _is_result(data):
                 raise QgenError(f"{self.file(RESULT_FILE)}: not a run result")
             return data
         return self._once("result", load)
@@ -208,6 +211,13 @@ class RunDir:
 
             return load_tensors(self.file(MODEL_FILE if which == "final" else INIT_FILE))
         return self._once(f"weights:{which}", load)
+
+
+def _is_result(data: Any) -> bool:
+    """Whether a parsed result.json reads as a run result: a mapping with a known status,
+    whose ``metrics`` and ``data`` (when present) are mappings too."""
+    return (isinstance(data, dict) and data.get("status") in RUN_STATUSES
+            and all(isinstance(data.get(k, {}), dict) for k in ("metrics", "data")))
 
 
 def run_dirs(store: str | Path) -> list[RunDir]:

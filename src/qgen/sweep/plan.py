@@ -251,7 +251,7 @@ def expand(sweep: Sweep, check_names: bool = True) -> Plan:
             try:
                 _names_ok(_point_spec(sweep.base, {key: value}))
             except QgenError as exc:
-                raise QgenError(f"{label}[{i}] = {value!r}: {exc}") from None
+                raise QgenError(f"{sweep.source}: {label}[{i}] = {value!r}: {exc}") from None
     keys = list(axes)
     specs: list[RunSpec] = []
     points: list[dict[str, Any]] = []
@@ -264,7 +264,8 @@ def expand(sweep: Sweep, check_names: bool = True) -> Plan:
         try:
             spec = _names_ok(_point_spec(sweep.base, point))
         except QgenError as exc:
-            raise QgenError(f"grid point {point}: {exc}") from None
+            where = f"grid point {point}" if point else "base"
+            raise QgenError(f"{sweep.source}: {where}: {exc}") from None
         rid = spec.run_id
         if rid in seen:
             duplicates.append((rid, point))

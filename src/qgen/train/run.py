@@ -155,12 +155,23 @@ def execute_run(
     return result
 
 
-def info_from_result(result: dict[str, Any]) -> DatasetInfo:
-    """The dataset's shape as a run's result.json recorded it (no data is loaded)."""
-    d = result["data"]
-    return DatasetInfo(name=d["name"], num_classes=d["num_classes"], channels=d["channels"],
-                       size=d["size"], mean=tuple(d["mean"]), std=tuple(d["std"]),
-                       train_size=d["train_size"], test_size=d["test_size"], source=d["source"])
+def info_from_result(result: dict[str, Any], where: str = RESULT_FILE) -> DatasetInfo:
+    """The dataset's shape as a run's result.json recorded it (no data is loaded); ``where``
+    names the file in the error when it is damaged."""
+    d = result.get("data")
+    if not isinstance(d, dict):
+        raise QgenError(f"{where}: no 'data' entry describing the dataset; the run's result "
+                        "is damaged")
+    try:
+        return DatasetInfo(name=d["name"], num_classes=int(d["num_classes"]),
+                           channels=int(d["channels"]), size=int(d["size"]),
+                           mean=tuple(d["mean"]), std=tuple(d["std"]),
+                           train_size=d["train_size"], test_size=d["test_size"],
+                           source=d["source"])
+    except (KeyError, TypeError, ValueError) as exc:
+        what = f"no {exc}" if isinstance(exc, KeyError) else "a malformed entry"
+        raise QgenError(f"{where}: 'data' does not describe the dataset ({what}); "
+                        "the run's result is damaged") from None
 
 
 def _as_run(run: RunDir | str | Path) -> RunDir:
@@ -173,16 +184,38 @@ def load_run_model(run: RunDir | str | Path, which: str = "final",
     """Rebuild a run's model from its spec and load its weights ('final' or 'init').
 
     ``info`` (dataset shape) defaults to what result.json recorded, so no data is loaded.
+    Both checkpoints are checked against the spec's model here, once (a post-pass reads the
+    other one too): a mismatch is one QgenError naming the file.
     """
     run = _as_run(run)
-    state = run.weights(which)
-    model = build_for_spec(run.spec, info or info_from_result(run.result))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = " ".join(str(exc).split())[:300]
-        raise QgenError(f"{run.path}: weights do not match the spec's model ({first})") from exc
+    model = build_for_spec(run.spec, info or info_from_result(run.result,
+                                                             str(run.file(RESULT_FILE))))
+    for name, file in (("final", MODEL_FILE), ("init", INIT_FILE)):
+        check_weights(model, run.weights(name), run.file(file))
+    model.load_state_dict(run.weights(which))
     return model.to(device).eval()
+
+
+def check_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """A QgenError (one line) unless ``state`` has exactly the model's tensors and shapes,
+    e.g. full-precision weights in a 4-bit run's directory, or the reverse."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensors missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} tensors not in the model (e.g. {unexpected[0]})")
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)}, "
+                     f"the model has {tuple(expected[k].shape)})")
+    raise QgenError(f"{path}: weights do not match the run's spec ({'; '.join(parts)}); "
+                    "were they copied from another run?")
 
 
 def load_run_data(run: RunDir, resources: Resources) -> Splits:
@@ -221,6 +254,6 @@ def load_export(path: str | Path, device: str | torch.device = "cpu") -> nn.Modu
     if "run_spec" not in meta or "run_data" not in meta:
         raise QgenError(f"{path}: not a qgen run export (no run_spec/run_data metadata)")
     spec = RunSpec.from_dict(json.loads(meta["run_spec"]))
-    info = info_from_result({"data": json.loads(meta["run_data"])})
+    info = info_from_result({"data": json.loads(meta["run_data"])}, f"{path}: run_data")
     model = build_for_spec(spec, info)
     return load_quantized(path, model).to(device).eval()
