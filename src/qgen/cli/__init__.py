@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 from qgen.cli.common import err_console
 from qgen.cli.measure import measure_command
 from qgen.cli.report import report_command
+from qgen.cli.robustness import robustness_command
 from qgen.cli.study import demo, study
 from qgen.cli.sweep import collect_command, sweep_app
 from qgen.cli.theory import theory_command
@@ -78,6 +79,7 @@ app.command("measure")(measure_command)
 app.command("collect")(collect_command)
 app.command("theory")(theory_command)
 app.command("report")(report_command)
+app.command("robustness")(robustness_command)
 app.add_typer(sweep_app, name="sweep")
 
 
