@@ -82,3 +82,13 @@ def test_unknown_names_rejected():
         check_names(RunSpec.from_dict({"data": {"name": "mnist2"}}))
     with pytest.raises(QgenError, match="unknown model 'alexnet'"):
         check_names(RunSpec.from_dict({"model": {"name": "alexnet"}}))
+
+
+def test_bare_off_from_yaml_reads_as_the_off_rule():
+    # YAML 1.1 turns a bare `off` (as in --set train.bn_recalibration=off) into false
+    from qgen.config import TrainSpec
+
+    assert TrainSpec(bn_recalibration=False).bn_recalibration == "off"
+    assert TrainSpec(bn_recalibration=False) == TrainSpec(bn_recalibration="off")
+    with pytest.raises(QgenError, match="must be one of full, off; got True"):
+        TrainSpec(bn_recalibration=True)

@@ -342,6 +342,8 @@ class TrainSpec(Spec):
 
     def __post_init__(self) -> None:
         check_choice("train.optimizer", self.optimizer, ("sgd", "adam"))
+        if self.bn_recalibration is False:  # YAML 1.1 reads a bare `off` as false
+            object.__setattr__(self, "bn_recalibration", "off")
         check_choice("train.bn_recalibration", self.bn_recalibration, ("full", "off"))
         float_field(self, "lr", "train.lr", 0.0, 10.0, lo_open=True)
         float_field(self, "momentum", "train.momentum", 0.0, 0.999)
