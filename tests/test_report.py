@@ -177,3 +177,21 @@ def test_report_renders_in_a_headless_browser(report: Path, tmp_path: Path):
                     (report / "report.html").as_uri()], capture_output=True, timeout=120)
     page_img = np.asarray(Image.open(full).convert("L"), dtype=float)
     assert page_img.shape == (2400, 1280) and page_img.std() > 5
+
+
+def test_table_cell_tones_colour_the_html_only():
+    import pandas as pd
+
+    from qgen.report.render import table_html
+    from qgen.report.tables import Table
+
+    t = Table("t", "c", ["a", "b"], [["x", "1 (q better)"], ["y", "2"]], pd.DataFrame(),
+              cell_tones=[["", "good"], ["", "bad"]])
+    html = table_html(t)
+    assert '<td class="tone-good">1 (q better)</td>' in html
+    assert '<td class="tone-bad">2</td>' in html and "<td>x</td>" in html
+    assert "tone" not in t.to_markdown() and "tone" not in t.to_latex()
+    with pytest.raises(ValueError, match="shape"):
+        Table("t", "c", ["a"], [["x"]], pd.DataFrame(), cell_tones=[["", ""]])
+    with pytest.raises(ValueError, match="unknown cell tone 'blue'"):
+        Table("t", "c", ["a"], [["x"]], pd.DataFrame(), cell_tones=[["blue"]])

@@ -527,15 +527,20 @@ def test_report_section_and_claim_from_a_hand_made_table(make_table, tmp_path):
     # the clean gap shift of the table (−0.05 at w2a2) plus the distortion shift (−0.08)
     assert diff.rows[2][3].endswith("(q better)") and diff.rows[2][3].startswith("-0.13")
     assert "≈" in diff.rows[2][1]
+    # the paper's colouring: green where the quantized model is better, none where unclear
+    assert diff.tone(2, 3) == "good" and diff.tone(2, 1) == "" and diff.tone(2, 0) == ""
     assert [r[0] for r in summary.rows] == ["fp", "w8a8", "w4a4", "w2a2"]
     assert {f.name for f in section.figures()} == {"robust_accuracy_vs_severity",
                                                    "robust_accuracy_by_corruption"}
     html = build_report(df, tmp_path / "report", analysis=a).read_text()
     assert "Robustness to corrupted data" in html and "degrade less" in html
+    assert re.search(r'<td class="tone-good">-0\.13[^<]*\(q better\)</td>', html)
 
     worse = analyze(robust_table(make_table, {"fp": 0.0, "w8a8": 0.0, "w4a4": 0.03,
                                               "w2a2": 0.08}), n_boot=200)
     assert next(c for c in worse.claims if c.id == rr.CLAIM_ID).verdict == "contradicted"
+    worse_diff = rr.robustness_section(ReportContext(analysis=worse, title="t")).tables()[0]
+    assert worse_diff.tone(2, 3) == "bad" and worse_diff.rows[2][3].endswith("(fp better)")
     plain = robust_table(make_table, {"fp": 0.0, "w8a8": 0.0, "w4a4": 0.0, "w2a2": 0.0})
     plain = analyze(plain.drop(columns=[c for c in plain.columns if c.startswith("robust.")]),
                     n_boot=50)

@@ -43,6 +43,8 @@ figcaption { color: var(--muted); font-size: 13px; }
 .badge.contradicted { background: #cf222e; }
 .badge.inconclusive { background: #6e7781; }
 .scroll { overflow-x: auto; }
+tr td.tone-good { background: #aceebb; }
+tr td.tone-bad { background: #ffcecb; }
 """
 
 
@@ -61,12 +63,16 @@ def badge(verdict: str) -> str:
 
 
 def table_html(t: Table) -> str:
-    """A table as HTML, its verdict column as badges."""
+    """A table as HTML, its verdict column as badges, toned cells coloured."""
     head = "".join(f"<th>{_e(h)}</th>" for h in t.header)
     body = []
-    for row in t.rows:
-        cells = [badge(c) if i == t.badge_column else _e(c) for i, c in enumerate(row)]
-        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    for i, row in enumerate(t.rows):
+        cells = []
+        for j, c in enumerate(row):
+            text = badge(c) if j == t.badge_column else _e(c)
+            tone = t.tone(i, j)
+            cells.append(f'<td class="tone-{tone}">{text}</td>' if tone else f"<td>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
     notes = "".join(f'<p class="note">{_e(n)}</p>' for n in t.notes)
     return (f'<div class="scroll"><table id="table-{_anchor(t.name)}"><caption>{_e(t.caption)}'
             f"</caption><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"

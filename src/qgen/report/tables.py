@@ -69,10 +69,18 @@ def short_measure(col: str) -> str:
 
 
 # ------------------------------------------------------------------------------ the table
+#: cell colours a table may ask for (rendered as CSS classes ``tone-good``/``tone-bad``)
+CELL_TONES = ("good", "bad")
+
+
 @dataclass
 class Table:
     """A table of the report: display ``rows`` under ``header``, the raw values in ``data``
-    (a DataFrame, written as CSV), and optionally the column whose cells are verdicts."""
+    (a DataFrame, written as CSV), and optionally the column whose cells are verdicts.
+
+    ``cell_tones`` (same shape as ``rows``; '' for none) colours cells in the HTML: one of
+    :data:`CELL_TONES` ('good' green, 'bad' red). The text must say the same thing (the
+    Markdown, LaTeX and CSV forms carry no colour)."""
 
     name: str
     caption: str
@@ -81,6 +89,22 @@ class Table:
     data: Any
     badge_column: int | None = None
     notes: list[str] = field(default_factory=list)
+    cell_tones: list[list[str]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.cell_tones is None:
+            return
+        if len(self.cell_tones) != len(self.rows) or any(
+                len(t) != len(r) for t, r in zip(self.cell_tones, self.rows, strict=True)):
+            raise ValueError(f"table {self.name}: cell_tones must have the shape of rows")
+        bad = {t for row in self.cell_tones for t in row} - {"", *CELL_TONES}
+        if bad:
+            raise ValueError(f"table {self.name}: unknown cell tone {sorted(bad)[0]!r}; "
+                             f"allowed: {', '.join(CELL_TONES)} or ''")
+
+    def tone(self, i: int, j: int) -> str:
+        """The tone of cell (row ``i``, column ``j``): '' when none."""
+        return self.cell_tones[i][j] if self.cell_tones is not None else ""
 
     def to_markdown(self) -> str:
         """A GitHub-flavoured Markdown table with its caption."""

@@ -139,23 +139,26 @@ def difference_table(a: Any) -> Table:
 
     labels = [lab for lab in quantized_labels(a.pairing.pairs) if a.pairing.pairs.get(lab)]
     rows_c = corruptions_in(a.runs) + ["mean"]
-    rows, data = [], []
+    rows, tones, data = [], [], []
+    tone_of = {Q_BETTER: "good", FP_BETTER: "bad", UNCLEAR: ""}
     for c in rows_c:
         col = MEAN_GAP if c == "mean" else f"{PREFIX}{c}.gap"
-        cells = [c if c != "mean" else "mean over corruptions"]
+        cells, row_tones = [c if c != "mean" else "mean over corruptions"], [""]
         for lab in labels:
             s = gap_difference(a, lab, col)
             cells.append(_cell(s))
+            row_tones.append(tone_of[side(s)] if s.median is not None else "")
             data.append({"corruption": c, "label": lab, "side": side(s), **s.to_dict()})
         rows.append(cells)
+        tones.append(row_tones)
     conf = a.settings["conf"]
     return Table("robust_gap_difference",
                  "Gap under distortion (corrupted test loss − clean train loss, mean over "
                  "severities), quantized − full-precision twin: median paired difference "
                  f"[{conf:.0%} bootstrap CI]. Below 0 the quantized model's gap is smaller; "
                  f"'{Q_BETTER}' / '{FP_BETTER}' when the whole interval is on one side of 0, "
-                 f"'{UNCLEAR}' otherwise.", ["corruption"] + labels, rows,
-                 pd.DataFrame(data))
+                 f"'{UNCLEAR}' otherwise (in the HTML: green, red, uncoloured).",
+                 ["corruption"] + labels, rows, pd.DataFrame(data), cell_tones=tones)
 
 
 def _mean_sd(v: np.ndarray) -> str:
