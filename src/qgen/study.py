@@ -16,6 +16,7 @@ What happens after training is the sweep file's ``study`` section::
       theory: {...}
       report: {n_boot: 1000}
       fast: {axes: {...}, seeds: [...], measures: {...}}   # overrides for --fast
+      full: {robustness: {corruptions: all}}               # overrides for --full
 
 Progress goes to an optional observer; :mod:`qgen.cli` draws it. ``qgen demo`` is this on the
 ``demo`` preset.
@@ -35,7 +36,9 @@ from qgen.config import Runtime
 from qgen.errors import QgenError
 from qgen.io import atomic_write_json, check_writable_dir
 
-STUDY_KEYS = ("measures", "robustness", "theory", "report", "fast")
+#: the named sets of overrides a study section may hold (``--fast``, ``--full``)
+VARIANTS = ("fast", "full")
+STUDY_KEYS = ("measures", "robustness", "theory", "report", *VARIANTS)
 #: the post-passes a study can run, in order: name -> (module that registers it, the
 #: function in that module that turns the study section's mapping into its settings)
 POSTPASSES: dict[str, tuple[str, str]] = {
@@ -82,31 +85,40 @@ class StudyResult:
     analysis: Any = None
 
 
-def apply_fast(sweep: Any) -> Any:
-    """The sweep with its ``study.fast`` overrides applied (axes replaced one by one,
-    seeds, and any post-pass settings merged)."""
+def apply_variant(sweep: Any, variant: str) -> Any:
+    """The sweep with its ``study.<variant>`` overrides applied (``fast``: a first look;
+    ``full``: everything): axes replaced one by one, seeds, and any post-pass settings
+    merged. The sweep's name gets ``-<variant>`` appended."""
     import dataclasses
 
-    fast = dict(sweep.study.get("fast") or {})
-    if not fast:
-        raise QgenError(f"{sweep.source}: --fast needs a study.fast section (the overrides "
-                        "that make a first look)")
-    unknown = sorted(set(fast) - {"axes", "seeds", *POSTPASSES, "robustness", "theory",
-                                  "report"})
+    if variant not in VARIANTS:
+        raise QgenError(f"study variant: must be one of {', '.join(VARIANTS)}; got {variant!r}")
+    over = dict(sweep.study.get(variant) or {})
+    if not over:
+        raise QgenError(f"{sweep.source}: --{variant} needs a study.{variant} section (the "
+                        "overrides it applies)")
+    unknown = sorted(set(over) - {"axes", "seeds", *POSTPASSES, "report"})
     if unknown:
-        raise QgenError(f"{sweep.source}: study.fast: unknown key {unknown[0]!r}")
+        raise QgenError(f"{sweep.source}: study.{variant}: unknown key {unknown[0]!r}; "
+                        f"allowed: axes, seeds, {', '.join(POSTPASSES)}, report")
     axes = dict(sweep.axes)
-    for key, values in (fast.get("axes") or {}).items():
+    for key, values in (over.get("axes") or {}).items():
         if key not in axes:
-            raise QgenError(f"{sweep.source}: study.fast.axes.{key}: not an axis of the sweep")
+            raise QgenError(f"{sweep.source}: study.{variant}.axes.{key}: not an axis of the "
+                            "sweep")
         axes[key] = list(values)
     study = copy.deepcopy(sweep.study)
-    for key in ("measures", "robustness", "theory", "report"):
-        if isinstance(fast.get(key), dict) and isinstance(study.get(key), dict):
-            study[key] = {**study[key], **fast[key]}
-    study.pop("fast", None)
-    return dataclasses.replace(sweep, axes=axes, seeds=fast.get("seeds", sweep.seeds),
-                               study=study, name=f"{sweep.name}-fast")
+    for key in (*POSTPASSES, "report"):
+        if isinstance(over.get(key), dict) and isinstance(study.get(key), dict):
+            study[key] = {**study[key], **over[key]}
+    study.pop(variant, None)
+    return dataclasses.replace(sweep, axes=axes, seeds=over.get("seeds", sweep.seeds),
+                               study=study, name=f"{sweep.name}-{variant}")
+
+
+def apply_fast(sweep: Any) -> Any:
+    """The sweep with its ``study.fast`` overrides applied (see :func:`apply_variant`)."""
+    return apply_variant(sweep, "fast")
 
 
 def _postpass_settings(study: dict[str, Any], where: str) -> list[tuple[str, Any, Any]]:
@@ -134,7 +146,7 @@ def _postpass_settings(study: dict[str, Any], where: str) -> list[tuple[str, Any
 
 
 def run_study(sweep: str | Path | Any, out: str | Path, *, fast: bool = False,
-              workers: int = 2, threads: int = 1, data_dir: Path | None = None,
+              full: bool = False, workers: int = 2, threads: int = 1, data_dir: Path | None = None,
               device: str = "cpu", observer: Observer | None = None,
               run_sweep_fn: Callable[..., Any] | None = None) -> StudyResult:
     """Run every stage of the study ``sweep`` (a file, a preset name or a parsed Sweep) into
@@ -153,7 +165,9 @@ def run_study(sweep: str | Path | Any, out: str | Path, *, fast: bool = False,
     obs = observer or _Silent()
     sw = sweep if hasattr(sweep, "axes") else load_sweep(sweep)
     if fast:
-        sw = apply_fast(sw)
+        sw = apply_variant(sw, "fast")
+    if full:
+        sw = apply_variant(sw, "full")
     passes = _postpass_settings(sw.study, sw.source)
     plan = expand(sw)
     out = Path(out)
@@ -241,10 +255,12 @@ def run_study(sweep: str | Path | Any, out: str | Path, *, fast: bool = False,
     import qgen
 
     atomic_write_json(out / "study.json", {
-        "sweep": sw.to_dict(), "source": sw.source, "fast": fast, "workers": workers,
-        "threads": threads, "device": device, "runs": plan.run_ids,
+        "sweep": sw.to_dict(), "source": sw.source, "fast": fast, "full": full,
+        "workers": workers, "threads": threads, "device": device, "runs": plan.run_ids,
         "postpasses": {name: getattr(settings, "to_dict", lambda s=settings: s)()
                        for name, _, settings in passes},
-        "timings_s": result.timings, "summaries": result.summaries,
+        # "stages": the order they ran in (the file's keys are written sorted)
+        "stages": list(result.timings), "timings_s": result.timings,
+        "summaries": result.summaries,
         "qgen": qgen.__version__})
     return result

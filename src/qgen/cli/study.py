@@ -50,7 +50,8 @@ class RichObserver:
 
 
 def run_study_command(sweep: str, out: Path, *, fast: bool, workers: int, threads: int,
-                      data_dir: Path | None, device: str, quiet: bool) -> Any:
+                      data_dir: Path | None, device: str, quiet: bool,
+                      full: bool = False) -> Any:
     """The body of ``qgen study`` and ``qgen demo``: run, then print the answers."""
     from qgen.study import run_study
 
@@ -60,7 +61,7 @@ def run_study_command(sweep: str, out: Path, *, fast: bool, workers: int, thread
 
         raise QgenError(f"--threads: must be an integer >= 1, got {threads}")
     with RichObserver(quiet) as obs:
-        result = run_study(sweep, out, fast=fast, workers=workers, threads=threads,
+        result = run_study(sweep, out, fast=fast, full=full, workers=workers, threads=threads,
                            data_dir=data_dir, device=device, observer=obs)
     if not quiet:
         print_answers(result.analysis)
@@ -74,6 +75,9 @@ def study(
                                                       "results.parquet)."),
     fast: bool = typer.Option(False, "--fast", help="The sweep's study.fast overrides: a "
                                                     "first look."),
+    full: bool = typer.Option(False, "--full", help="The sweep's study.full overrides "
+                                                    "(everything: the demo's is all 19 "
+                                                    "corruptions)."),
     workers: int = typer.Option(2, min=1, help="Runs trained and measured side by side."),
     threads: int = typer.Option(1, help="torch threads per run (the numbers depend on it)."),
     data_dir: Path | None = typer.Option(None, help="Where the dataset files are."),
@@ -83,13 +87,15 @@ def study(
     """Plan, train, post-pass, collect, analyse and report a study (resumable)."""
     with user_errors():
         run_study_command(sweep, out, fast=fast, workers=workers, threads=threads,
-                          data_dir=data_dir, device=device, quiet=quiet)
+                          data_dir=data_dir, device=device, quiet=quiet, full=full)
 
 
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Study folder."),
-    fast: bool = typer.Option(False, "--fast", help="A first look (fewer runs, cheaper "
-                                                    "measures)."),
+    fast: bool = typer.Option(False, "--fast", help="A first look: 8 runs (one setting, two "
+                                                    "seeds) instead of 24."),
+    full: bool = typer.Option(False, "--full", help="All 19 corruptions instead of the demo's "
+                                                    "6 (adds minutes)."),
     data_dir: Path | None = typer.Option(None, help="Where Fashion-MNIST is."),
     workers: int = typer.Option(2, min=1, help="Runs side by side (the numbers do not "
                                                "depend on it)."),
@@ -100,4 +106,4 @@ def demo(
     """The main job: `qgen study` on the demo preset (Fashion-MNIST, fp/8/4/2 bits)."""
     with user_errors():
         run_study_command("demo", out, fast=fast, workers=workers, threads=threads,
-                          data_dir=data_dir, device="cpu", quiet=quiet)
+                          data_dir=data_dir, device="cpu", quiet=quiet, full=full)
