@@ -9,7 +9,9 @@ With ``--compare-layout`` it runs the same study twice, side by side in one run 
 script: two workers of one torch thread each (the demo's default) against one worker with
 two threads, and prints the ratio of their wall times.
 
-Usage: .venv/bin/python bench/bench_demo.py [--fast] [--compare-layout]
+``--keep DIR`` keeps the first study's output (runs, results table, report) in DIR.
+
+Usage: .venv/bin/python bench/bench_demo.py [--fast] [--compare-layout] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -54,8 +56,14 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def run_demo(args: list[str]) -> dict:
-    """Run ``qgen demo ARGS`` in a fresh folder; wall time, peak tree RSS, stage timings."""
+#: the order of the stages in a study.json written before it recorded "stages"
+STAGE_ORDER = ("setup", "train", "measures", "robustness", "theory", "collect", "analysis",
+               "report")
+
+
+def run_demo(args: list[str], keep: Path | None = None) -> dict:
+    """Run ``qgen demo ARGS`` in a fresh folder; wall time, peak tree RSS, stage timings.
+    With ``keep``, the output is moved there afterwards (which must not exist)."""
     out = Path(tempfile.mkdtemp(prefix="qgen-bench-demo-")) / "demo-out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     t0 = time.perf_counter()
@@ -79,6 +87,10 @@ def run_demo(args: list[str]) -> dict:
     study = json.loads((out / "study.json").read_text())
     timings = study["timings_s"]
     timings = {"setup": wall - sum(timings.values()), **timings}
+    order = ["setup", *study.get("stages", STAGE_ORDER[1:])]
+    timings = {name: timings[name] for name in order if name in timings}
+    if keep is not None:
+        shutil.move(str(out), str(keep))
     shutil.rmtree(out.parent, ignore_errors=True)
     return {"args": args, "wall_s": wall, "peak_rss_gib": peak[0] / 2 ** 30,
             "timings_s": timings, "runs": len(study["runs"]), "workers": study["workers"],
@@ -99,6 +111,8 @@ def main() -> None:
     ap.add_argument("--fast", action="store_true", help="the first look (qgen demo --fast)")
     ap.add_argument("--compare-layout", action="store_true",
                     help="also run 1 worker × 2 threads and print the ratio")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="keep the (first) study's output in this new folder")
     opts = ap.parse_args()
     import torch
 
@@ -108,7 +122,9 @@ def main() -> None:
           f"python {platform.python_version()}, torch {torch.__version__}, "
           f"qgen {qgen.__version__}, load {os.getloadavg()[0]:.2f}")
     base = ["--fast"] if opts.fast else []
-    a = run_demo(base + ["--workers", "2"])
+    if opts.keep is not None and opts.keep.exists():
+        raise SystemExit(f"--keep {opts.keep}: already exists; name a new folder")
+    a = run_demo(base + ["--workers", "2"], keep=opts.keep)
     _print(a)
     if opts.compare_layout:
         b = run_demo(base + ["--workers", "1", "--threads", "2"])
