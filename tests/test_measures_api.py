@@ -187,8 +187,21 @@ def test_dziugaite_preset_runs_folded_on_all_parameters(trained):
     st = res.settings
     assert st["gauss_std"] == "sigma_squared" and st["params"] == "all"
     assert len(st["bn_folded"]["folded"]) == 2
-    # folded: BN parameters are gone, conv biases stay; every remaining parameter counted
-    assert res.values["norm.params"] == (6 * 9 + 6) + (36 + 6) + (18 + 3)
+    # folded as the reference does: each BN stays (γ = 1, β = 0) and is perturbed with the
+    # conv biases; the bound terms count the conv/linear weights only, and the value is
+    # adjusted for the dataset size (√(v/m))
+    folded_bns = [bn for _, bn in st["bn_folded"]["folded"]]
+    assert {f"{bn}.weight" for bn in folded_bns} <= set(st["selected_tensors"])
+    assert {f"{bn}.bias" for bn in folded_bns} <= set(st["selected_tensors"])
+    omega = 6 * 9 + 36 + 18
+    diag = res.diagnostics["measures"]["norm.params"]
+    assert diag["raw_value"] == omega and diag["size_transform"] == "√(v/m)"
+    assert res.values["norm.params"] == pytest.approx(math.sqrt(omega / 240))
+    raw = compute_measures(net, w0, x, y, MeasureSpec.preset("dziugaite2020", **FAST,
+                                                             size_transform="none",
+                                                             bound_params="perturbed"),
+                           names=["norm.params"])
+    assert raw.values["norm.params"] == st["num_selected_params"] > omega
 
 
 def test_full_train_set_evaluation(trained):

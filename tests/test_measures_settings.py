@@ -52,8 +52,10 @@ def test_presets():
     assert set(PRESETS) == {"default", "dziugaite2020", "jiang2020"}
     d = MeasureSpec.preset("dziugaite2020")
     assert (d.gauss_std, d.mag_noise, d.params, d.bn, d.mag_orig_denominator) == (
-        "sigma_squared", "std", "all", "fold", "w_minus_w0")
-    assert d.eval_subset == MeasureSpec().eval_subset  # kept: a seeded subset, not the full set
+        "sigma_squared", "std", "all", "fold_keep", "w_minus_w0")
+    # the reference's evaluation data, bound set, size adjustment and float-twin policy
+    assert d.eval_subset is None and d.bound_params == "weights"
+    assert d.size_transform == "reference" and d.quant_mode == "dequantized"
     j = MeasureSpec.preset("jiang2020")
     assert (j.bisect_hi, j.bisect_steps, j.bisect_min_width) == (5.0, 20, 5e-3)
     assert MeasureSpec.preset("dziugaite2020", mc_draws=4).mc_draws == 4

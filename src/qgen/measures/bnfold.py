@@ -72,13 +72,27 @@ def _fold_pair(layer: nn.Module, bn: _BatchNorm) -> None:
         layer.bias.copy_(new_bias)
 
 
-def fold_batchnorm(model: nn.Module) -> FoldReport:
+@torch.no_grad()
+def _neutralize(bn: _BatchNorm) -> None:
+    """γ = 1, β = 0, running mean 0 and variance 1: what the reference code's ``_reparam``
+    leaves in place of a folded BatchNorm (it then computes x / sqrt(1 + eps))."""
+    if bn.affine:
+        bn.weight.fill_(1.0)
+        bn.bias.fill_(0.0)
+    bn.running_mean.fill_(0.0)
+    bn.running_var.fill_(1.0)
+
+
+def fold_batchnorm(model: nn.Module, keep: bool = False) -> FoldReport:
     """Fold every eval-mode BatchNorm that directly follows a conv/linear into it, in place.
 
     A pair is folded only when the layer's output feeds nothing but the BatchNorm and each
-    module is called once; the BatchNorm is replaced by ``nn.Identity``. BatchNorms without
-    running statistics, or placed elsewhere (e.g. pre-activation), stay and are reported.
-    Raises :class:`QgenError` when the model has BatchNorms but cannot be traced.
+    module is called once; the BatchNorm is replaced by ``nn.Identity``, or with ``keep``
+    left in place with γ = 1, β = 0, mean 0 and variance 1 (the public reference code's
+    ``_reparam``: its γ and β stay parameters, so a perturbation of every parameter moves
+    them too). BatchNorms without running statistics, or placed elsewhere (e.g.
+    pre-activation), stay and are reported. Raises :class:`QgenError` when the model has
+    BatchNorms but cannot be traced.
     """
     bns = [name for name, m in model.named_modules() if isinstance(m, _BatchNorm)]
     if not bns:
@@ -107,7 +121,10 @@ def fold_batchnorm(model: nn.Module) -> FoldReport:
               and bn.running_var is not None)
         if ok:
             _fold_pair(layer, bn)
-            _set_submodule(model, node.target, nn.Identity())
+            if keep:
+                _neutralize(bn)
+            else:
+                _set_submodule(model, node.target, nn.Identity())
             folded.append((src.target, node.target))
     done = {b for _, b in folded}
     return FoldReport(tuple(folded), tuple(b for b in bns if b not in done))

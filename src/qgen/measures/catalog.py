@@ -55,11 +55,21 @@ class WeightStats:
         return dict(self.__dict__)
 
 
+def bound_values(ctx: MeasureContext) -> tuple[list[Tensor], list[Tensor]]:
+    """(w, w0) over the set the bound terms run over (``spec.bound_params``): the perturbed
+    set, or only its conv/linear weight tensors."""
+    if ctx.spec.bound_params == "perturbed":
+        return ctx.w, ctx.w0
+    idx = [i for i, is_m in enumerate(ctx.prep.params.matrix) if is_m]
+    return [ctx.w[i] for i in idx], [ctx.w0[i] for i in idx]
+
+
 def weight_stats(ctx: MeasureContext) -> WeightStats:
-    """Cached ‖w‖², ‖w−w0‖², ω."""
+    """Cached ‖w‖², ‖w−w0‖², ω over the bound set (:func:`bound_values`)."""
     def compute() -> WeightStats:
-        dist = [a - b for a, b in zip(ctx.w, ctx.w0, strict=True)]
-        return WeightStats(sq_norm(ctx.w), sq_norm(dist), ctx.prep.params.numel)
+        w, w0 = bound_values(ctx)
+        dist = [a - b for a, b in zip(w, w0, strict=True)]
+        return WeightStats(sq_norm(w), sq_norm(dist), sum(t.numel() for t in w))
     return ctx.cached("weights", compute)
 
 
@@ -111,18 +121,19 @@ def _search_diag(res: SearchResult, key: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------- vector norms
-@register("norm.l2", equation="‖w‖₂ over the selected parameters", needs=("weights",))
+@register("norm.l2", equation="‖w‖₂ over the bound set (bound_params)", needs=("weights",))
 def _l2(ctx: MeasureContext) -> float:
     return math.sqrt(weight_stats(ctx).sq_norm)
 
 
-@register("norm.l2_dist", equation="‖w − w0‖₂ over the selected parameters",
+@register("norm.l2_dist", equation="‖w − w0‖₂ over the bound set (bound_params)",
           needs=("weights", "w0"))
 def _l2_dist(ctx: MeasureContext) -> float:
     return math.sqrt(weight_stats(ctx).dist_sq_norm)
 
 
-@register("norm.params", equation=f"ω, number of selected parameters ({JIANG}, eq. 20)",
+@register("norm.params", equation=f"ω, number of parameters in the bound set ({JIANG}, "
+                                  "eq. 20)",
           needs=("weights",))
 def _params(ctx: MeasureContext) -> float:
     return float(weight_stats(ctx).omega)
@@ -333,9 +344,10 @@ def _pb_flat(ctx: MeasureContext) -> MeasureValue:
 def _mag_denominator(ctx: MeasureContext, which: str) -> list[Tensor]:
     """Per-weight denominator values: w − w0 for init; w (or w − w0, the public code's quirk,
     when ``mag_orig_denominator='w_minus_w0'``) for orig."""
+    w, w0 = bound_values(ctx)
     if which == "init" or ctx.spec.mag_orig_denominator == "w_minus_w0":
-        return [a - b for a, b in zip(ctx.w, ctx.w0, strict=True)]
-    return ctx.w
+        return [a - b for a, b in zip(w, w0, strict=True)]
+    return w
 
 
 def _pacbayes_mag(ctx: MeasureContext, which: str) -> MeasureValue:

@@ -56,6 +56,24 @@ class MeasureResult:
         return cls(values, dict(data["settings"]), dict(data.get("diagnostics", {})))
 
 
+#: measures the reference code does not define: left raw by ``size_transform='reference'``
+_NOT_IN_REFERENCE = ("hessian.",)
+
+
+def is_log_form(name: str) -> bool:
+    """Whether the reference code names this measure LOG_… (its log-products, log-sums and
+    the two spectral 'main' bounds), so its dataset-size adjustment is ½(v − log m)."""
+    return "_log_" in name or name.endswith("_main")
+
+
+def size_adjusted(name: str, value: float, m: int) -> float:
+    """The reference code's adjustment for the dataset size m: ½(v − log m) for log-form
+    measures, √(v/m) for the others (NaN for a negative value, as there)."""
+    if is_log_form(name):
+        return 0.5 * (value - math.log(m))
+    return math.sqrt(value / m) if value >= 0 else math.nan
+
+
 def compute_measures(model: nn.Module, w0: Mapping[str, Tensor],
                      train_x: Tensor | ExampleSource, train_y: Tensor | None = None,
                      spec: MeasureSpec | None = None, *,
@@ -83,8 +101,14 @@ def compute_measures(model: nn.Module, w0: Mapping[str, Tensor],
         t = time.perf_counter()
         out = measure.compute(ctx)
         measure_time[name] = time.perf_counter() - t
-        values[name] = float(out.value)
+        value = float(out.value)
         per_measure[name] = {"equation": measure.equation, **out.diagnostics}
+        if spec.size_transform == "reference" and not name.startswith(_NOT_IN_REFERENCE):
+            per_measure[name]["raw_value"] = value
+            per_measure[name]["size_transform"] = ("½(v − log m)" if is_log_form(name)
+                                                   else "√(v/m)")
+            value = size_adjusted(name, value, ctx.m)
+        values[name] = value
     base = ctx.base_metrics()
     diagnostics: dict[str, Any] = {
         **ctx.shared,

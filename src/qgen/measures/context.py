@@ -83,7 +83,7 @@ class MeasureContext:
     def _make_twin(self) -> FoldedTwin | None:
         # A BN-folded twin evaluates faster; it cannot stand in for a model whose weight
         # quantizers are active (folding would change what they quantize).
-        if self.spec.bn == "fold" or self.prep.notes.get("active_weight_quantizers"):
+        if self.spec.bn != "eval" or self.prep.notes.get("active_weight_quantizers"):
             return None
         try:
             twin = FoldedTwin(self.model)
@@ -171,7 +171,6 @@ class MeasureContext:
             "bn_folded": self.prep.fold.to_dict(),
             **{f"prep_{k}": v for k, v in self.prep.notes.items()},
             # Fixed conventions, recorded so a reader need not look them up:
-            "dataset_size_transform": "none (raw values)",
             "memory_format": "channels_last" if self.channels_last else "contiguous",
             "eval_network": ("BN-folded twin synced before each evaluation"
                              if self._twin is not None else "the prepared model"),

@@ -13,7 +13,8 @@ weights w0) into the network the measures see:
   'dequantized' writes each layer's dequantized weight into ``.weight`` and disables its
   weight quantizer (activation quantizers stay active, so the network computes the same
   function); in both modes step sizes are frozen (no gradient, never perturbed);
-- BatchNorm folded into the preceding layer when ``bn='fold'``.
+- BatchNorm folded into the preceding layer when ``bn='fold'`` (and kept as a γ = 1, β = 0
+  layer whose γ and β can be perturbed when ``bn='fold_keep'``, the reference code's way).
 
 Applying the same preparation to w0 gives the reference point of the distance terms in the
 same coordinates as w (folded with w0's BN statistics, dequantized with w0's step sizes).
@@ -146,12 +147,12 @@ def prepare_model(model: nn.Module, spec: MeasureSpec, device: str | torch.devic
     notes: dict[str, Any] = {"quant_layers": len(qlayers)}
     if spec.quant_mode == "dequantized":
         notes["dequantized_layers"] = _dequantize_weights(work)
-    if spec.bn == "fold":
+    if spec.bn in ("fold", "fold_keep"):
         if spec.quant_mode == "latent" and has_wq:
-            raise QgenError("measures.bn='fold' with quant_mode='latent' would change the "
-                            "weights the quantizers see; use bn='eval' or "
+            raise QgenError(f"measures.bn={spec.bn!r} with quant_mode='latent' would change "
+                            "the weights the quantizers see; use bn='eval' or "
                             "quant_mode='dequantized'")
-        report = fold_batchnorm(work)
+        report = fold_batchnorm(work, keep=spec.bn == "fold_keep")
     else:
         report = FoldReport((), ())
     notes["active_weight_quantizers"] = sum(_active_weight_quantizer(m)

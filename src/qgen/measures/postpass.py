@@ -27,10 +27,18 @@ MEASURES_FILE = "measures.json"
 Progress = Callable[[str, int, int], None]
 
 
+#: settings added after records were first stored, with the value every older record was
+#: computed with: keyed only when they differ from it, so older records still match
+_LATER_FIELDS = {"bound_params": "perturbed", "size_transform": "none"}
+
+
 def _settings_key(spec: MeasureSpec) -> dict[str, Any]:
     """The MeasureSpec without its list of names: what must match to merge records."""
     d = spec.to_dict()
     d.pop("names", None)
+    for name, old_value in _LATER_FIELDS.items():
+        if d.get(name) == old_value:
+            d.pop(name)
     return d
 
 

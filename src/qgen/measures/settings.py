@@ -32,20 +32,29 @@ PRESETS = ("default", "dziugaite2020", "jiang2020")
 # What each preset changes relative to the dataclass defaults (which are measures.md's).
 _PRESET_FIELDS: dict[str, dict[str, Any]] = {
     "default": {},
-    # The public code of Dziugaite et al. 2020 (nitarshan/robust-generalization-measures):
-    # sigma^2 passed as the std, sigma^2 w^2 + eps^2 passed as the std, every parameter
-    # perturbed, BN folded into the convolutions first (its `_reparam`), and (w - w0)^2 in the
-    # magnitude-aware "orig" denominator. We keep our seeded train subset (the public code
-    # evaluates the full train set each draw; pass eval_subset=None for that) and our
-    # saturation flag; the returned sigma is the bracket midpoint when unconverged (the
-    # public code returns the last midpoint: the two differ by < 2/2**16 after 15 steps).
-    # Its search is a plain bisection on [0, 2], 15 steps, 10 draws per sigma, stopping at
-    # the first sigma whose |mean accuracy - base| is within 0.01 of 0.1.
+    # The public code of Dziugaite et al. 2020 (nitarshan/robust-generalization-measures,
+    # data/generation/measures.py): sigma^2 passed as the std, sigma^2 w^2 + eps^2 passed as
+    # the std, every parameter perturbed, BN folded into the convolutions first but kept as a
+    # gamma = 1, beta = 0 layer that is perturbed too (its `_reparam`), the whole train set
+    # evaluated each draw, the bound terms (||w||, omega) over the weight tensors only (its
+    # name filter drops 'bias' and 'bn'), (w - w0)^2 in the magnitude-aware "orig"
+    # denominator, and every value adjusted for the dataset size. A quantized model is
+    # measured through its dequantized weights (the float network it computes), folded as the
+    # reference would fold a float network. Its search is a plain bisection on [0, 2], 15
+    # steps, 10 draws per sigma, stopping at the first sigma whose |mean accuracy - base| is
+    # within 0.01 of 0.1. What stays qgen's: seeded per-draw noise streams, the early stop,
+    # the saturation flag, and the bracket midpoint returned when unconverged (the public code
+    # returns the last midpoint: the two differ by < 2/2**16 after 15 steps);
+    # docs/measures.md measures what these change.
     "dziugaite2020": {
         "gauss_std": "sigma_squared",
         "mag_noise": "std",
         "params": "all",
-        "bn": "fold",
+        "bn": "fold_keep",
+        "eval_subset": None,
+        "bound_params": "weights",
+        "size_transform": "reference",
+        "quant_mode": "dequantized",
         "mag_orig_denominator": "w_minus_w0",
         **{"search": "bisect", "deviation": "absolute", "bisect_lo": 0.0, "bisect_hi": 2.0,
            "bisect_steps": 15, "mc_draws": 10, "mc_stderr": 0.0, "mc_eval_examples": None},
@@ -81,7 +90,15 @@ class MeasureSpec(Spec):
       'std' (the public code); ``mag_eps`` is eps, the floor that lets zero weights move.
     - ``params`` [3]: perturbed (and counted) set: 'weights' (conv/linear weight tensors) or
       'all' parameters (quantizer step sizes never: they stay frozen).
-    - ``bn`` [4]: 'eval' (BatchNorm unfolded, running statistics) or 'fold' (into the
+    - ``bound_params``: the set the bound terms (‖w‖², ‖w−w0‖², ω, the magnitude-aware sums)
+      and the norm measures run over: 'perturbed' (the ``params`` set) or 'weights' (the
+      conv/linear weight tensors only, as the reference code computes them).
+    - ``size_transform``: 'none' (raw values) or 'reference' (the reference code's
+      adjustment for the dataset size m: ½(v − log m) for log-form measures, √(v/m) for the
+      others).
+    - ``bn`` [4]: 'eval' (BatchNorm unfolded, running statistics), 'fold_keep' (folded, the
+      BatchNorm kept as γ = 1, β = 0 with its γ and β perturbable: the reference code) or
+      'fold' (into the
       preceding conv/linear before anything is measured).
     - ``quant_mode`` [14]: 'latent' (perturb the float latent weights, quantizers active,
       step sizes frozen) or 'dequantized' (perturb the dequantized weights, weight quantizers
@@ -139,6 +156,8 @@ class MeasureSpec(Spec):
     mag_eps: float = 1e-3
     params: str = "weights"
     bn: str = "eval"
+    bound_params: str = "perturbed"
+    size_transform: str = "none"
     quant_mode: str = "latent"
     mc_draws: int = 200
     mc_search_draws: int = 10
@@ -191,7 +210,9 @@ class MeasureSpec(Spec):
         check_choice(w + "mag_noise", self.mag_noise, ("variance", "std"))
         float_field(self, "mag_eps", w + "mag_eps", 0.0, 1.0)
         check_choice(w + "params", self.params, ("weights", "all"))
-        check_choice(w + "bn", self.bn, ("eval", "fold"))
+        check_choice(w + "bn", self.bn, ("eval", "fold", "fold_keep"))
+        check_choice(w + "bound_params", self.bound_params, ("perturbed", "weights"))
+        check_choice(w + "size_transform", self.size_transform, ("none", "reference"))
         check_choice(w + "quant_mode", self.quant_mode, ("latent", "dequantized"))
         check_choice(w + "deviation", self.deviation, ("increase", "absolute"))
         check_choice(w + "search", self.search, ("threshold", "bisect"))
