@@ -51,6 +51,8 @@ def test_report_has_every_section_and_file(report: Path):
     assert html.count('src="data:image/png;base64,') >= len(FIGURES)
     assert not re.search(r'(src|href)="(https?:)?//', html)
     assert "\\begin{tabular}" in (report / "tables" / "tau.tex").read_text()
+    for tex in (report / "tables").glob("*.tex"):  # no character pdflatex cannot typeset
+        assert tex.read_text().isascii(), tex.name
     assert "supported" in html and (report / "analysis.json").is_file()
 
 
@@ -195,3 +197,12 @@ def test_table_cell_tones_colour_the_html_only():
         Table("t", "c", ["a"], [["x"]], pd.DataFrame(), cell_tones=[["", ""]])
     with pytest.raises(ValueError, match="unknown cell tone 'blue'"):
         Table("t", "c", ["a"], [["x"]], pd.DataFrame(), cell_tones=[["blue"]])
+
+
+def test_latex_escape_writes_every_symbol_the_report_uses_in_ascii():
+    from qgen.report.tables import latex_escape
+
+    text = "L̂(Q) + √(KL/(2(m−1))), ‖w‖² σ′ ½ ¼ Σ ε ω τ Ψ ψ ± ≤ ≥ δ μ α × … — – Δ · ↳ ≈ ∅ → ∞"
+    out = latex_escape(text)
+    assert out.isascii()
+    assert "$\\hat{L}$" in out and "$\\surd$" in out and "$\\|$" in out

@@ -144,14 +144,24 @@ _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
 _LATEX_UNICODE = {"τ": r"$\tau$", "Ψ": r"$\Psi$", "ψ": r"$\psi$", "±": r"$\pm$", "−": r"$-$",
                   "∅": r"$\emptyset$", "→": r"$\to$", "≤": r"$\le$", "≥": r"$\ge$",
                   "δ": r"$\delta$", "μ": r"$\mu$", "α": r"$\alpha$", "×": r"$\times$",
-                  "…": r"\ldots{}", "—": "---", "–": "--", "Δ": r"$\Delta$"}
+                  "…": r"\ldots{}", "—": "---", "–": "--", "Δ": r"$\Delta$",
+                  "²": r"$^2$", "³": r"$^3$", "·": r"$\cdot$", "½": r"$\frac{1}{2}$",
+                  "¼": r"$\frac{1}{4}$", "Σ": r"$\Sigma$", "σ": r"$\sigma$",
+                  "ε": r"$\epsilon$", "ω": r"$\omega$", "λ": r"$\lambda$", "‖": r"$\|$",
+                  "√": r"$\surd$", "≈": r"$\approx$", "↳": r"$\hookrightarrow$",
+                  "′": r"$'$", "∞": r"$\infty$", "≠": r"$\neq$", "∈": r"$\in$"}
+#: combining accents: they modify the character before them
+_LATEX_ACCENTS = {"\u0302": "hat", "\u0303": "tilde", "\u0304": "bar"}
 
 
 def latex_escape(text: Any) -> str:
     """``text`` safe inside LaTeX: special characters escaped, Greek and math symbols as
     math."""
-    out = []
+    out: list[str] = []
     for ch in str(text):
+        if ch in _LATEX_ACCENTS and out:
+            out[-1] = f"$\\{_LATEX_ACCENTS[ch]}{{{out[-1].strip('$')}}}$"
+            continue
         out.append(_LATEX_SPECIAL.get(ch) or _LATEX_UNICODE.get(ch) or ch)
     return "".join(out)
 
