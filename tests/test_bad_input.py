@@ -548,6 +548,10 @@ CASES = [
     C("sweep-measure-threads", "sweep measure store --threads 0", "--threads"),
     # theory (the post-pass contract and the CLI helpers it shares)
     C("theory-no-such-dir", "theory nope/abc", "no such directory"),
+    C("theory-data-dir-file", "theory q4 --data-dir afile", "is a file, not a folder"),
+    C("robustness-data-dir-file", "robustness q4 --data-dir afile", "is a file, not a folder"),
+    C("study-data-dir-file", "study sweeps/ok.yaml --out {W}/new_study --data-dir afile",
+      "is a file, not a folder"),
     C("theory-empty-dir", "theory runs/empty", "spec.json is missing"),
     C("theory-spec-list", "theory runs/spec_list", "not a run spec"),
     C("theory-fp-weights-in-4bit-run", "theory runs/fp_in_q4", "weights do not match"),

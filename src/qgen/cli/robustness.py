@@ -15,6 +15,7 @@ from qgen.cli.common import (
     FORCE_OPT,
     QUIET_OPT,
     THREADS_OPT,
+    check_data_dir,
     check_device,
     check_threads,
     console,
@@ -51,6 +52,7 @@ def robustness_command(
     stored in robustness.json."""
     with user_errors():
         check_device(device)
+        check_data_dir(data_dir)
         check_threads(threads)
         from qgen.robustness.postpass import ROBUSTNESS, settings_from_dict
 

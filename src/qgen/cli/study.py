@@ -11,6 +11,7 @@ from rich.progress import Progress, TaskID
 
 from qgen.cli.common import (
     QUIET_OPT,
+    check_data_dir,
     check_device,
     make_progress,
     say,
@@ -56,6 +57,7 @@ def run_study_command(sweep: str, out: Path, *, fast: bool, workers: int, thread
     from qgen.study import run_study
 
     check_device(device)
+    check_data_dir(data_dir)
     if threads < 1:
         from qgen.errors import QgenError
 

@@ -15,6 +15,7 @@ from qgen.cli.common import (
     FORCE_OPT,
     QUIET_OPT,
     THREADS_OPT,
+    check_data_dir,
     check_device,
     check_threads,
     console,
@@ -43,6 +44,7 @@ def theory_command(
     """Quantization noise, its regularizer and bound for trained runs; stored in theory.json."""
     with user_errors():
         check_device(device)
+        check_data_dir(data_dir)
         check_threads(threads)
         from qgen.theory.settings import TheorySpec
 
