@@ -448,10 +448,27 @@ def test_postpass_records_reuses_collects_and_runs_from_the_command_line(tmp_pat
     with pytest.raises(QgenError, match="other settings"):
         robustness_run(run, spec.replace(seed=1))
 
+    # another set of corruptions is not other settings: the record is made again for the
+    # set asked, reusing the cells it holds, and its aggregates are over that set
+    one = spec.replace(corruptions=(spec.corruptions[0],))
+    fewer = robustness_run(run, one)
+    assert fewer["reused_cells"] == len(spec.severities) and fewer["corruptions"] == list(
+        one.corruptions)
+    c0 = spec.corruptions[0]
+    assert fewer["values"][f"{c0}.s1.acc"] == v[f"{c0}.s1.acc"]
+    assert fewer["values"]["mean_acc"] == pytest.approx(
+        np.mean([v[f"{c0}.s{s}.acc"] for s in spec.severities]))
+    assert not any(k.startswith(f"{spec.corruptions[1]}.") for k in fewer["values"])
+    back = robustness_run(run, spec)  # the dropped cells are evaluated again, the same
+    assert back["reused_cells"] == len(spec.severities)
+    assert back["values"] == pytest.approx(v)
+
     df = collect(run.parent)
     assert df.loc[0, "robust.mean_acc"] == pytest.approx(v["mean_acc"])
     assert df.loc[0, "robust.contrast.s5.gap"] == pytest.approx(v["contrast.s5.gap"])
-    assert json.loads(df.loc[0, "meta.robustness_settings"]) == spec.settings_key()
+    key = spec.settings_key()
+    del key["corruptions"], key["severities"]  # the sets a record covers are not its key
+    assert json.loads(df.loc[0, "meta.robustness_settings"]) == key
     assert df.loc[0, "meta.robustness_source"] == "generated"
 
     app = typer.Typer()
@@ -461,7 +478,7 @@ def test_postpass_records_reuses_collects_and_runs_from_the_command_line(tmp_pat
             "--set", "test_examples=60", "--threads", "1", "--quiet"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    assert (run / "robustness.json").read_bytes() == before  # the same settings: reused
+    assert json.loads((run / "robustness.json").read_text())["values"] == pytest.approx(v)
     for bad, fragment in ((["--corruptions", "smoke"], "unknown corruption 'smoke'"),
                           (["--severities", "0,6"], "integers 1..5"),
                           (["--set", "test_examples=0"], "robustness.test_examples"),

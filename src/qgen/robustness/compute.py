@@ -201,10 +201,15 @@ def loss_and_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int,
 def compute_robustness(model: nn.Module, es: EvalSet, train_loss: float,
                        spec: RobustnessSpec, *, source: str = "generated",
                        folder: Path | None = None, cache: dict[Any, Any] | None = None,
-                       device: str | torch.device = "cpu") -> dict[str, Any]:
+                       device: str | torch.device = "cpu",
+                       known: dict[tuple[str, int], tuple[float, float]] | None = None
+                       ) -> dict[str, Any]:
     """The values (module docstring) of ``model`` on ``es`` and its corruptions, plus where
     the corrupted images came from and the time spent; the ``robustness`` record's content.
+    ``known``: (loss, accuracy) of cells already measured with the same settings, reused
+    instead of evaluated again (``reused_cells`` in the record counts them).
     """
+    known = known or {}
     cache = {} if cache is None else cache
     sets = CorruptedSets(es, spec, source, folder, cache)
     model = model.eval()
@@ -214,8 +219,13 @@ def compute_robustness(model: nn.Module, es: EvalSet, train_loss: float,
                                   spec.batch_size, device)
     values.update(clean_loss=loss, clean_acc=acc, clean_gap=loss - train_loss)
     table: dict[tuple[str, int], tuple[float, float]] = {}
+    reused = 0
     for c in spec.corruptions:
         for s in spec.severities:
+            if (c, s) in known:
+                table[(c, s)] = known[(c, s)]
+                reused += 1
+                continue
             x = es.model_input(sets.images(c, s).to(torch.float32) / 255.0)
             table[(c, s)] = loss_and_accuracy(model, x, es.labels, spec.batch_size, device)
     for (c, s), (loss, acc) in table.items():
@@ -240,5 +250,5 @@ def compute_robustness(model: nn.Module, es: EvalSet, train_loss: float,
     return {"values": values, "source": source,
             "released_dir": str(folder) if folder is not None else None,
             "dataset": es.dataset, "corruptions": list(spec.corruptions),
-            "severities": list(spec.severities),
+            "severities": list(spec.severities), "reused_cells": reused,
             "timings": {"corrupt_s": sets.seconds, "evaluate_s": total - sets.seconds}}

@@ -4,9 +4,13 @@
 holds the values (table columns ``robust.<name>``, listed in :mod:`qgen.robustness.compute`),
 where the corrupted images came from (``source``: generated or released, and the folder),
 the :class:`RobustnessSpec` and the time spent; its settings key is the spec without
-``released_dir`` (a path changes no number), so other settings are refused unless
-``force``; a record made from generated corruptions is made again when released files are
-asked for (a ``released_dir``, or ``source: released``). Extra columns:
+``released_dir`` (a path changes no number) and without the corruptions and severities, so
+other settings (seed, test examples, source) are refused unless ``force``. A record answers
+when it was made for exactly the corruptions and severities asked; otherwise it is made
+again for them, reusing every (corruption, severity) cell it already holds (so `qgen demo
+--full` after `qgen demo` evaluates only the 13 other corruptions, and the aggregates are
+always over the set asked). A record made from generated corruptions is made again when
+released files are asked for (a ``released_dir``, or ``source: released``). Extra columns:
 ``meta.robustness_settings`` (the key as JSON) and ``meta.robustness_source``.
 
 Corrupted test sets are made once per dataset and test subset and kept in the call's
@@ -27,16 +31,48 @@ from qgen.store import PostPass, Resources, RunDir, register_postpass, run_postp
 from qgen.store import run_postpass_many as _run_many
 from qgen.train import load_run_model, versions
 
+#: what a record may hold more or less of without its settings counting as other settings
+_SETS = ("corruptions", "severities")
+
 
 def _settings_key(spec: RobustnessSpec) -> dict[str, Any]:
-    return spec.settings_key()
+    key = spec.settings_key()
+    for name in _SETS:
+        key.pop(name)
+    return key
+
+
+def _stored_key(key: dict[str, Any]) -> dict[str, Any]:
+    for name in _SETS:  # records written before the sets left the key
+        key.pop(name, None)
+    return key
 
 
 def _is_done(record: dict[str, Any], spec: RobustnessSpec) -> bool:
-    """A stored record answers unless released files are asked for (``source: released``
-    or a ``released_dir``) and it was made from generated corruptions."""
+    """A stored record answers when it covers exactly the asked corruptions and severities,
+    unless released files are asked for (``source: released`` or a ``released_dir``) and it
+    was made from generated corruptions."""
+    if (list(record.get("corruptions") or []) != list(spec.corruptions)
+            or list(record.get("severities") or []) != list(spec.severities)):
+        return False
     wants_released = spec.source == "released" or spec.released_dir is not None
     return not wants_released or record.get("source") == "released"
+
+
+def _known_cells(previous: dict[str, Any] | None, source: str
+                 ) -> dict[tuple[str, int], tuple[float, float]]:
+    """The (loss, accuracy) of every (corruption, severity) a previous record holds, when it
+    was made from the same source (its other settings match: the key says so)."""
+    if not previous or previous.get("source") != source:
+        return {}
+    values = previous.get("values") or {}
+    out = {}
+    for c in previous.get("corruptions") or []:
+        for s in previous.get("severities") or []:
+            loss, acc = values.get(f"{c}.s{s}.loss"), values.get(f"{c}.s{s}.acc")
+            if isinstance(loss, (int, float)) and isinstance(acc, (int, float)):
+                out[(c, int(s))] = (float(loss), float(acc))
+    return out
 
 
 def _compute(run: RunDir, spec: RobustnessSpec, previous: dict[str, Any] | None,
@@ -52,7 +88,8 @@ def _compute(run: RunDir, spec: RobustnessSpec, previous: dict[str, Any] | None,
     model = load_run_model(run, device=resources.device)
     record = compute_robustness(model, es, float(train_loss), spec, source=source,
                                 folder=folder, cache=resources.cache,
-                                device=resources.device)
+                                device=resources.device,
+                                known=_known_cells(previous, source))
     record["robustness_spec"] = spec.to_dict()
     record["quant_label"] = run.spec.quant.label
     record["versions"] = versions()
@@ -66,7 +103,8 @@ def _columns(record: dict[str, Any]) -> dict[str, Any]:
 
 ROBUSTNESS = register_postpass(PostPass(name="robustness", prefix="robust",
                                         settings_key=_settings_key, compute=_compute,
-                                        is_done=_is_done, columns=_columns))
+                                        is_done=_is_done, columns=_columns,
+                                        stored_key=_stored_key))
 
 
 def settings_from_dict(data: Mapping[str, Any] | None) -> RobustnessSpec:

@@ -56,7 +56,10 @@ class PostPass:
     - ``compute(run, settings, previous, resources) -> dict``: the record's own content, at
       least ``values``; ``previous`` is the stored record with the same settings key (for
       passes that add to it), else None;
-    - ``columns(record) -> dict``: extra table columns (``meta.*``) besides the values.
+    - ``columns(record) -> dict``: extra table columns (``meta.*``) besides the values;
+    - ``stored_key(key) -> dict``: a stored record's settings key as this version keys it
+      (for a pass whose key dropped a field that no longer needs to match); identity by
+      default.
     """
 
     name: str
@@ -65,6 +68,7 @@ class PostPass:
     compute: Compute
     is_done: Callable[[dict[str, Any], Any], bool] = lambda record, settings: True
     columns: Callable[[dict[str, Any]], dict[str, Any]] = lambda record: {}
+    stored_key: Callable[[dict[str, Any]], dict[str, Any]] = lambda key: key
 
     def table_columns(self, record: dict[str, Any]) -> dict[str, Any]:
         """The record's columns for the results table."""
@@ -151,9 +155,12 @@ def _stored_record(postpass: PostPass, run: RunDir, key: dict[str, Any],
     old = run.record(postpass.name)
     if old is None or force:
         return None
-    if old.get("settings_key") != key:
+    stored = old.get("settings_key")
+    if isinstance(stored, dict):
+        stored = postpass.stored_key(dict(stored))
+    if stored != key:
         raise QgenError(f"{run.path}: {postpass.name} already computed with other "
-                        f"settings ({_difference(old.get('settings_key'), key)}); use "
+                        f"settings ({_difference(stored, key)}); use "
                         "--force to replace them")
     return old
 
