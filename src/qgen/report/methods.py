@@ -39,10 +39,14 @@ def distinct(df: Any, col: str) -> list[Any]:
 
 
 def describe_values(df: Any, col: str) -> str:
-    """The value of ``col`` when all runs agree, else the values and '(varied)'."""
+    """The value of ``col`` when all runs agree, else the values and '(varied)'; 'not
+    recorded' without the column, 'unset (its default rule applies)' when every run left
+    the field empty (e.g. a step momentum that follows the training momentum)."""
+    if col not in df.columns:
+        return "not recorded"
     vals = distinct(df, col)
     if not vals:
-        return "not recorded (empty)"
+        return "unset (its default rule applies)"
     text = ", ".join(str(v) for v in vals)
     return text if len(vals) == 1 else f"{text} (varied)"
 
