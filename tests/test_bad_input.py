@@ -641,19 +641,26 @@ def test_a_locked_store_is_refused_and_left_alone(world, forker):
 
 def test_ctrl_c_says_what_was_kept_and_exits_130(tmp_path):
     out = tmp_path / "runs"
+    # A shell that starts a job in the background (as CI runners may) makes SIGINT ignored
+    # for it and everything it starts, and Python then installs no KeyboardInterrupt handler;
+    # a user at a terminal has the default disposition, so the command starts with it.
     proc = subprocess.Popen(QGEN + ["train", "--dataset", "digits", "--model", "nin",
                                     "--depth", "1", "--width", "1", "--epochs", "100000",
                                     "--target-ce", "0", "--threads", "1", "--quiet",
                                     "--out", str(out)],
                             cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        # torch is imported inside the command (`qgen --help` does not import it), so once
-        # it is mapped the process is in the command and the interrupt reaches its handler
-        deadline = time.monotonic() + 60
+        # Wait until the command is past its imports: torch is imported inside the command,
+        # then the digits loader imports scikit-learn (whose compiled modules appear in the
+        # process's memory map); an interrupt that lands inside a library's import can be
+        # swallowed by that library, so the signal is sent once training has started.
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                if "libtorch" in Path(f"/proc/{proc.pid}/maps").read_text():
+                maps = Path(f"/proc/{proc.pid}/maps").read_text()
+                if "libtorch" in maps and "sklearn" in maps:
                     break
             except OSError:  # it has just ended: the assertion below says how
                 break
