@@ -117,6 +117,14 @@ def check_data_dir(data_dir: Path | None) -> Path | None:
     return data_dir
 
 
+def check_run_options(device: str, threads: int | None, data_dir: Path | None) -> None:
+    """The options every command that loads runs or data shares: ``--device``,
+    ``--threads`` and ``--data-dir`` (each as its own check says)."""
+    check_device(device)
+    check_threads(threads)
+    check_data_dir(data_dir)
+
+
 def check_file_path(path: Path, option: str, example: str) -> Path:
     """A file to write: not a folder, in a folder that exists and is writable (nothing is
     created here). ``example`` is a file name to suggest when ``path`` is a folder."""

@@ -16,9 +16,7 @@ from qgen.cli.common import (
     FORCE_OPT,
     QUIET_OPT,
     THREADS_OPT,
-    check_data_dir,
-    check_device,
-    check_threads,
+    check_run_options,
     console,
     parse_settings,
     postpass_progress,
@@ -56,9 +54,7 @@ def check_measure_options(measures: str | None, preset: str, settings: list[str]
                           data_dir: Path | None, device: str, threads: int | None) -> Any:
     """Every option of the measure commands checked, before anything is touched; returns
     the MeasureSpec."""
-    check_device(device)
-    check_threads(threads)
-    check_data_dir(data_dir)
+    check_run_options(device, threads, data_dir)
     return parse_measure_spec(preset, measures, settings)
 
 

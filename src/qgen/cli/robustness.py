@@ -15,9 +15,7 @@ from qgen.cli.common import (
     FORCE_OPT,
     QUIET_OPT,
     THREADS_OPT,
-    check_data_dir,
-    check_device,
-    check_threads,
+    check_run_options,
     console,
     parse_settings,
     postpass_progress,
@@ -51,9 +49,7 @@ def robustness_command(
     """Accuracy and gap under distortion (19 corruptions × 5 severities) of trained runs;
     stored in robustness.json."""
     with user_errors():
-        check_device(device)
-        check_data_dir(data_dir)
-        check_threads(threads)
+        check_run_options(device, threads, data_dir)
         from qgen.robustness.postpass import ROBUSTNESS, settings_from_dict
 
         fields = parse_settings(settings, "RobustnessSpec")

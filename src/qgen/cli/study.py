@@ -11,8 +11,7 @@ from rich.progress import Progress, TaskID
 
 from qgen.cli.common import (
     QUIET_OPT,
-    check_data_dir,
-    check_device,
+    check_run_options,
     make_progress,
     say,
     user_errors,
@@ -56,12 +55,7 @@ def run_study_command(sweep: str, out: Path, *, fast: bool, workers: int, thread
     """The body of ``qgen study`` and ``qgen demo``: run, then print the answers."""
     from qgen.study import run_study
 
-    check_device(device)
-    check_data_dir(data_dir)
-    if threads < 1:
-        from qgen.errors import QgenError
-
-        raise QgenError(f"--threads: must be an integer >= 1, got {threads}")
+    check_run_options(device, threads, data_dir)
     with RichObserver(quiet) as obs:
         result = run_study(sweep, out, fast=fast, full=full, workers=workers, threads=threads,
                            data_dir=data_dir, device=device, observer=obs)

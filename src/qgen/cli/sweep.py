@@ -24,10 +24,8 @@ from qgen.cli.common import (
     FORCE_OPT,
     QUIET_OPT,
     THREADS_OPT,
-    check_data_dir,
-    check_device,
     check_file_path,
-    check_threads,
+    check_run_options,
     console,
     make_progress,
     say,
@@ -156,9 +154,7 @@ def run_command(
     from qgen.sweep.plan import expand, load_sweep
 
     with user_errors():
-        check_device(device)
-        check_threads(threads)
-        check_data_dir(data_dir)
+        check_run_options(device, threads, data_dir)
         sw = load_sweep(sweep)
         plan = expand(sw)
         ex = _executor(executor, workers, threads, address, device, gpus, gpus_per_run,

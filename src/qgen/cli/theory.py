@@ -15,9 +15,7 @@ from qgen.cli.common import (
     FORCE_OPT,
     QUIET_OPT,
     THREADS_OPT,
-    check_data_dir,
-    check_device,
-    check_threads,
+    check_run_options,
     console,
     parse_settings,
     postpass_progress,
@@ -43,9 +41,7 @@ def theory_command(
 ) -> None:
     """Quantization noise, its regularizer and bound for trained runs; stored in theory.json."""
     with user_errors():
-        check_device(device)
-        check_data_dir(data_dir)
-        check_threads(threads)
+        check_run_options(device, threads, data_dir)
         from qgen.theory.settings import TheorySpec
 
         spec = TheorySpec.from_dict(parse_settings(settings, "TheorySpec"))

@@ -13,9 +13,8 @@ from qgen.cli.common import (
     QUIET_OPT,
     THREADS_OPT,
     check_data_dir,
-    check_device,
     check_file_path,
-    check_threads,
+    check_run_options,
     console,
     make_progress,
     parse_settings,
@@ -141,9 +140,7 @@ def train(
         if a_bits is not None:
             flags["quant.a_bits"] = parse_bits(a_bits, "--a-bits")
         spec = spec_from_options(config, flags, settings)
-        check_threads(threads)
-        check_device(device)
-        check_data_dir(data_dir)
+        check_run_options(device, threads, data_dir)
         runtime = Runtime(out_dir=out, data_dir=data_dir, device=device, threads=threads,
                           quiet=quiet, download=download, force=force)
         result = train_one(spec, runtime)
