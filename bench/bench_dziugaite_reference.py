@@ -75,6 +75,21 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int = 500) -> float:
 
 
 @torch.no_grad()
+def noisy_accuracies(model: nn.Module, x: Tensor, y: Tensor, sigma: float, magnitude: bool,
+                     draws: int, rng: torch.Generator) -> list[float]:
+    """The reference's draws: a deep copy per draw, noise on every parameter (std σ², or
+    σ²|p|² + ε² magnitude-aware) from the one generator ``rng``, whole-set accuracy."""
+    accs = []
+    for _ in range(draws):
+        noisy = copy.deepcopy(model)
+        for p in noisy.parameters():
+            std = (sigma**2 * p.abs() ** 2 + MAG_EPS**2) if magnitude else \
+                torch.full_like(p, sigma**2)
+            p.add_(torch.normal(torch.zeros_like(p), std, generator=rng))
+        accs.append(accuracy(noisy, x, y))
+    return accs
+
+
 def reference_sigma(model: nn.Module, x: Tensor, y: Tensor, acc: float, seed: int,
                     magnitude: bool) -> float:
     """The reference bisection (module docstring)."""
@@ -82,14 +97,7 @@ def reference_sigma(model: nn.Module, x: Tensor, y: Tensor, acc: float, seed: in
     lower, upper, sigma = 0.0, 2.0, 1.0
     for _ in range(15):
         sigma = (lower + upper) / 2
-        accs = []
-        for _ in range(10):
-            noisy = copy.deepcopy(model)
-            for p in noisy.parameters():
-                std = (sigma**2 * p.abs() ** 2 + MAG_EPS**2) if magnitude else \
-                    torch.full_like(p, sigma**2)
-                p.add_(torch.normal(torch.zeros_like(p), std, generator=rng))
-            accs.append(accuracy(noisy, x, y))
+        accs = noisy_accuracies(model, x, y, sigma, magnitude, 10, rng)
         displacement = abs(statistics.fmean(accs) - acc)
         if abs(displacement - 0.1) < 0.01:
             break
@@ -100,20 +108,11 @@ def reference_sigma(model: nn.Module, x: Tensor, y: Tensor, acc: float, seed: in
     return sigma
 
 
-@torch.no_grad()
 def mean_drop(model: nn.Module, x: Tensor, y: Tensor, acc: float, sigma: float,
               magnitude: bool, draws: int = 40) -> float:
     """Mean accuracy drop of the reference construction at σ over ``draws`` draws."""
     rng = torch.Generator().manual_seed(BIG_NUMBER + 999)
-    accs = []
-    for _ in range(draws):
-        noisy = copy.deepcopy(model)
-        for p in noisy.parameters():
-            std = (sigma**2 * p.abs() ** 2 + MAG_EPS**2) if magnitude else \
-                torch.full_like(p, sigma**2)
-            p.add_(torch.normal(torch.zeros_like(p), std, generator=rng))
-        accs.append(accuracy(noisy, x, y))
-    return acc - statistics.fmean(accs)
+    return acc - statistics.fmean(noisy_accuracies(model, x, y, sigma, magnitude, draws, rng))
 
 
 def main() -> None:
