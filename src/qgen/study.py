@@ -116,11 +116,6 @@ def apply_variant(sweep: Any, variant: str) -> Any:
                                study=study, name=f"{sweep.name}-{variant}")
 
 
-def apply_fast(sweep: Any) -> Any:
-    """The sweep with its ``study.fast`` overrides applied (see :func:`apply_variant`)."""
-    return apply_variant(sweep, "fast")
-
-
 def _postpass_settings(study: dict[str, Any], where: str) -> list[tuple[str, Any, Any]]:
     """(name, PostPass, settings) of every post-pass the study section asks for, in order."""
     from qgen.store import get_postpass
@@ -152,8 +147,10 @@ def run_study(sweep: str | Path | Any, out: str | Path, *, fast: bool = False,
     """Run every stage of the study ``sweep`` (a file, a preset name or a parsed Sweep) into
     ``out`` (see the module docstring) and return where everything is.
 
-    ``workers`` runs train and are post-processed side by side, each with ``threads`` torch
-    threads (pinned: the numbers depend on the thread count, not on ``workers``).
+    ``fast`` and ``full`` apply the sweep's ``study.fast`` / ``study.full`` overrides (see
+    :func:`apply_variant`; both may be given). ``workers`` runs train and are post-processed
+    side by side, each with ``threads`` torch threads (pinned: the numbers depend on the
+    thread count, not on ``workers``).
     ``run_sweep_fn(plan, runtime, executor)`` replaces the training stage's runner (the CLI
     passes one that draws progress).
     """
