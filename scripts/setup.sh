@@ -3,7 +3,7 @@
 #   - Debian packages: python3-venv if the venv module is missing, and the Fashion-MNIST data
 #     (dataset-fashion-mnist, installs /usr/share/datasets/fashion-mnist/);
 #   - a virtual environment in .venv with PyTorch and qgen installed (editable).
-# Usage: scripts/setup.sh [EXTRAS]   e.g. scripts/setup.sh dev,ray
+# Usage: scripts/setup.sh [EXTRAS]   e.g. scripts/setup.sh dev,ray,vision
 # QGEN_TORCH overrides the torch requirement (default torch==2.13.0, the CPU wheel on our
 # machines; on other machines pip may pick a CUDA build of the same version).
 set -euo pipefail
@@ -33,5 +33,10 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "setup: installing ${QGEN_TORCH:-torch==2.13.0}" >&2
   pip_install "${QGEN_TORCH:-torch==2.13.0}"
 fi
-pip_install -e ".[${extras}]"
+# torchvision is built for one torch release: keep the torch installed above (pip would
+# otherwise replace it by the newest release to get the newest torchvision)
+constraint="$(mktemp)"
+trap 'rm -f "$constraint"' EXIT
+.venv/bin/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$constraint"
+pip_install -c "$constraint" -e ".[${extras}]"
 .venv/bin/python -c "import qgen, torch; print(f'setup: qgen {qgen.__version__}, torch {torch.__version__}')" >&2

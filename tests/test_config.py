@@ -92,3 +92,16 @@ def test_bare_off_from_yaml_reads_as_the_off_rule():
     assert TrainSpec(bn_recalibration=False) == TrainSpec(bn_recalibration="off")
     with pytest.raises(QgenError, match="must be one of full, off; got True"):
         TrainSpec(bn_recalibration=True)
+
+
+def test_a_later_field_at_its_default_keeps_the_run_id() -> None:
+    """train.precision came after spec version 2: at 'fp32' it is left out of the canonical
+    JSON, so runs made before it existed keep their ids; another value is a new run."""
+    base = RunSpec.from_dict({"train": {"lr": 0.05}})
+    assert "precision" not in base.canonical_json()
+    assert RunSpec.from_dict({"train": {"lr": 0.05, "precision": "fp32"}}).run_id == base.run_id
+    bf16 = RunSpec.from_dict({"train": {"lr": 0.05, "precision": "bf16"}})
+    assert bf16.run_id != base.run_id and '"precision":"bf16"' in bf16.canonical_json()
+    assert RunSpec.from_dict(bf16.to_dict()).run_id == bf16.run_id
+    with pytest.raises(QgenError, match=r"train.precision: must be one of fp32, bf16, fp16"):
+        RunSpec.from_dict({"train": {"precision": "int8"}})

@@ -94,15 +94,23 @@ def bits_label(bits: int | None) -> str:
 
 
 class Spec:
-    """Shared behaviour: dict round trip with unknown-field errors."""
+    """Shared behaviour: dict round trip with unknown-field errors.
+
+    ``LATER_FIELDS`` names fields added after spec version 2 was fixed; such a field is left
+    out of :meth:`to_dict` (and so of the run id) while it holds its default, so every run
+    made before the field existed keeps its id, and a run that sets it gets a new one.
+    """
 
     SECTION: ClassVar[str] = ""
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (nested specs as dicts, tuples as lists)."""
         out: dict[str, Any] = {}
         for f in fields(self):  # type: ignore[arg-type]
             v = getattr(self, f.name)
+            if f.name in self.LATER_FIELDS and v == f.default:
+                continue
             if isinstance(v, Spec):
                 v = v.to_dict()
             elif isinstance(v, tuple):
@@ -325,9 +333,14 @@ class TrainSpec(Spec):
     (Nagel et al. 2022, "Overcoming Oscillations in Quantization-Aware Training", propose
     the same). Applied to every run, full precision included, so the protocol is the same
     for all bit widths.
+
+    ``precision``: 'fp32', or mixed precision for the forward and backward passes ('bf16' on
+    any device, 'fp16' with loss scaling on CUDA only); LSQ quantizers always compute in
+    float32. It changes the numbers, so it is part of the run id (when not 'fp32').
     """
 
     SECTION: ClassVar[str] = "train"
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("precision",)
 
     optimizer: str = "sgd"
     lr: float = 0.01
@@ -339,9 +352,11 @@ class TrainSpec(Spec):
     target_ce: float = 0.01
     seed: int = 0
     bn_recalibration: str = "full"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         check_choice("train.optimizer", self.optimizer, ("sgd", "adam"))
+        check_choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
         if self.bn_recalibration is False:  # YAML 1.1 reads a bare `off` as false
             object.__setattr__(self, "bn_recalibration", "off")
         check_choice("train.bn_recalibration", self.bn_recalibration, ("full", "off"))
@@ -446,7 +461,12 @@ def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class Runtime:
-    """Settings that do not change a run's numbers: not hashed."""
+    """Settings that do not change a run's numbers: not hashed.
+
+    ``resume``: save a run's training state at every epoch boundary and, when the same run
+    is started again after being killed, continue from it (the result is the uninterrupted
+    run's; see :mod:`qgen.train.resume`). ``force`` starts from scratch anyway.
+    """
 
     out_dir: Path = Path("runs")
     data_dir: Path | None = None
@@ -455,3 +475,6 @@ class Runtime:
     quiet: bool = False
     download: bool = False
     force: bool = False
+    resume: bool = True
+    #: a checkpoint file a zoo model starts from (its SHA-256 is in ``model.options``)
+    weights: Path | None = None

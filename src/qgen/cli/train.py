@@ -99,11 +99,26 @@ def spec_from_options(config: Path | None, flags: dict[str, Any],
     return check_names(RunSpec.from_dict(tree))
 
 
+def with_weights(spec: RunSpec, weights: Path | None) -> RunSpec:
+    """``spec`` naming the checkpoint ``weights`` by SHA-256 (``model.options``), after
+    checking that the file reads and matches the model; ``spec`` itself without a file."""
+    if weights is None:
+        return spec
+    from qgen.models.zoo import WEIGHTS_OPTION, file_sha256, read_state_dict
+
+    if not weights.is_file():
+        raise QgenError(f"--weights: {weights} is not a file")
+    read_state_dict(weights)  # fails early, in one line, on a file that is not a checkpoint
+    options = {**dict(spec.model.options), WEIGHTS_OPTION: file_sha256(weights)}
+    return spec.replace(model=spec.model.replace(options=options))
+
+
 def train(
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML run spec."),
     dataset: str | None = typer.Option(None, help="Dataset name (see `qgen datasets`)."),
     train_subset: int | None = typer.Option(None, help="Seeded training subset size."),
-    model: str | None = typer.Option(None, help="nin, resnet, vgg or vit."),
+    model: str | None = typer.Option(
+        None, help="nin, resnet, vgg, vit, or a zoo model tv:<arch> / timm:<arch>."),
     depth: int | None = typer.Option(None, help="Model depth (NiN blocks, ResNet 20/32/56/18…)."),
     width: int | None = typer.Option(None, help="Model width (NiN: 25·width channels)."),
     optimizer: str | None = typer.Option(None, help="sgd or adam."),
@@ -125,6 +140,9 @@ def train(
     device: str = DEVICE_OPT,
     threads: int | None = THREADS_OPT,
     force: bool = typer.Option(False, help="Retrain even if the run exists."),
+    weights: Path | None = typer.Option(
+        None, help="Checkpoint a zoo model starts from (safetensors, or a torch state_dict "
+                   "read with weights_only); its SHA-256 joins the spec."),
     quiet: bool = QUIET_OPT,
 ) -> None:
     """Train one model (YAML, then flags, then --set) and write runs/<id>/."""
@@ -139,10 +157,10 @@ def train(
             flags["quant.w_bits"] = parse_bits(w_bits, "--w-bits")
         if a_bits is not None:
             flags["quant.a_bits"] = parse_bits(a_bits, "--a-bits")
-        spec = spec_from_options(config, flags, settings)
+        spec = with_weights(spec_from_options(config, flags, settings), weights)
         check_run_options(device, threads, data_dir)
         runtime = Runtime(out_dir=out, data_dir=data_dir, device=device, threads=threads,
-                          quiet=quiet, download=download, force=force)
+                          quiet=quiet, download=download, force=force, weights=weights)
         result = train_one(spec, runtime)
         if not quiet:
             console.print(results_table([(spec.quant.label, result)],

@@ -56,15 +56,33 @@ def build_model(spec: ModelSpec, in_channels: int, num_classes: int,
     Raises :class:`QgenError` for an unknown name, or for depth/width/input-size values the
     model does not support (the message names the field and the allowed values).
     """
+    from qgen.models import zoo
+
     factory = _REGISTRY.get(spec.name)
+    if factory is None and zoo.is_zoo_name(spec.name):
+        factory = zoo.build_zoo_model
     if factory is None:
-        raise QgenError(f"model.name: unknown model {spec.name!r}; "
-                        f"allowed: {', '.join(model_names())}")
+        check_model_name(spec.name)
     for field, value, lo in (("in_channels", in_channels, 1), ("num_classes", num_classes, 2),
                              ("input_size", input_size, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < lo:
             raise QgenError(f"{spec.name}: {field} must be an integer >= {lo}, got {value!r}")
     return factory(spec, in_channels, num_classes, input_size)
+
+
+def check_model_name(name: str) -> None:
+    """A QgenError unless ``name`` is a registered model or an architecture of an installed
+    zoo (``tv:<arch>``, ``timm:<arch>``, see :mod:`qgen.models.zoo`)."""
+    from qgen.models import zoo
+
+    if name in _REGISTRY:
+        return
+    if zoo.is_zoo_name(name):
+        prefix, _, arch = name.partition(":")
+        zoo._check_arch(prefix, arch)
+        return
+    raise QgenError(f"model.name: unknown model {name!r}; allowed: {', '.join(model_names())}, "
+                    "or tv:<arch> / timm:<arch> from torchvision or timm (qgen[vision])")
 
 
 def check_depth(spec: ModelSpec, allowed: tuple[int, ...]) -> None:

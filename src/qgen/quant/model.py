@@ -2,10 +2,12 @@
 helpers around that (listing, enabling, freezing, optimizer groups, a per-layer report).
 
 Policy (:class:`~qgen.config.QuantSpec`), applied in this order to every ``nn.Conv2d`` and
-``nn.Linear`` in ``named_modules()`` order:
+``nn.Linear``:
 
 1. the spec's ``w_bits`` / ``a_bits`` (None = no quantizer of that kind);
-2. the first and the last such layer (first sees the network input, last makes the logits):
+2. the first and the last such layer (first sees the network input, last makes the logits;
+   by the order the layers run in on an example input when one is given, else by
+   ``named_modules()`` order, which a zoo network need not follow):
    '8bit' sets each quantized kind to 8 bits (LSQ's choice; a kind the spec leaves in full
    precision stays so, so 'w4afp' gives 'w8afp' there), 'fp' removes both quantizers,
    'same' keeps the spec's bits;
@@ -23,6 +25,7 @@ from collections.abc import Mapping
 from fnmatch import fnmatch
 from typing import Any
 
+import torch
 from torch import nn
 
 from qgen.config import QuantSpec
@@ -68,14 +71,41 @@ def _float_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return layers
 
 
+def execution_order(model: nn.Module, example_input: torch.Tensor) -> list[str]:
+    """The names of ``model``'s nn.Conv2d / nn.Linear layers in the order they first run on
+    ``example_input`` (one forward pass in eval mode without gradients; the model's mode is
+    restored and nothing it holds changes). Layers that do not run are left out."""
+    order: list[str] = []
+    hooks = []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            def hook(_m: nn.Module, _inp: Any, _out: Any, name: str = name) -> None:
+                if name not in order:
+                    order.append(name)
+            hooks.append(m.register_forward_hook(hook))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return order
+
+
 def quantize_model(model: nn.Module, spec: QuantSpec,
-                   act_signed: Mapping[str, bool] | None = None) -> nn.Module:
+                   act_signed: Mapping[str, bool] | None = None,
+                   example_input: torch.Tensor | None = None) -> nn.Module:
     """Replace every nn.Conv2d / nn.Linear of ``model`` by its quantized version, in place.
 
     The new layers share the old layers' weight and bias Parameters. ``act_signed`` maps
     fnmatch patterns on layer names to a forced input signedness (otherwise decided on the
-    first batch: signed when it holds a negative value). Returns ``model`` (or the new layer
-    when ``model`` itself is a Conv2d/Linear).
+    first batch: signed when it holds a negative value). ``example_input`` (a batch the model
+    accepts) finds the first and last layer by the order the layers run in (see
+    :func:`execution_order`). Returns ``model`` (or the new layer when ``model`` itself is a
+    Conv2d/Linear).
 
     >>> from qgen.config import QuantSpec
     >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
@@ -89,9 +119,14 @@ def quantize_model(model: nn.Module, spec: QuantSpec,
     if not layers:
         raise QgenError("quantize_model: the model has no nn.Conv2d or nn.Linear layer")
     per_channel = spec.granularity == "channel"
+    first, last = layers[0][0], layers[-1][0]
+    if example_input is not None and id(model) not in {id(m) for _, m in layers}:
+        ran = execution_order(model, example_input)
+        if ran:
+            first, last = ran[0], ran[-1]
     replaced: dict[int, nn.Module] = {}
-    for i, (name, layer) in enumerate(layers):
-        w_bits, a_bits = layer_bits(name, spec, i == 0, i == len(layers) - 1)
+    for name, layer in layers:
+        w_bits, a_bits = layer_bits(name, spec, name == first, name == last)
         signed = None
         for pattern, forced in (act_signed or {}).items():
             if fnmatch(name, pattern):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from qgen.config import RunSpec, Runtime
 from qgen.data import DatasetInfo, Splits, dataset_names, load_data
 from qgen.errors import QgenError
 from qgen.io import atomic_write_json, check_can_create_dir, check_writable_dir
-from qgen.models import build_model, model_names
+from qgen.models import build_model, check_model_name
 from qgen.store import (
     INIT_FILE,
     MODEL_FILE,
@@ -47,32 +48,65 @@ def check_names(spec: RunSpec) -> RunSpec:
     if spec.data.name not in dataset_names():
         raise QgenError(f"data.name: unknown dataset {spec.data.name!r}; "
                         f"allowed: {', '.join(dataset_names())}")
-    if spec.model.name not in model_names():
-        raise QgenError(f"model.name: unknown model {spec.model.name!r}; "
-                        f"allowed: {', '.join(model_names())}")
+    check_model_name(spec.model.name)
     return spec
 
 
 def versions() -> dict[str, str]:
     """Versions of everything that can change the numbers."""
-    return {"qgen": qgen.__version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
+    out = {"qgen": qgen.__version__, "torch": torch.__version__, "numpy": np.__version__,
+           "python": platform.python_version()}
+    for lib in ("torchvision", "timm"):  # zoo models' definitions come from them
+        if lib in sys.modules:
+            out[lib] = str(getattr(sys.modules[lib], "__version__", "unknown"))
+    return out
 
 
-def build_for_spec(spec: RunSpec, info: DatasetInfo) -> nn.Module:
+def build_for_spec(spec: RunSpec, info: DatasetInfo,
+                   weights: str | Path | None = None) -> nn.Module:
     """The model of ``spec`` for a dataset, with quantizers inserted when the spec asks.
 
     Seeds torch's global generator with ``spec.train.seed`` first, so the initial weights
-    are a function of the spec alone.
+    are a function of the spec alone. ``weights`` (a zoo model's starting checkpoint, see
+    :mod:`qgen.models.zoo`) is loaded into the float model before the quantizers are
+    inserted, so LSQ's step sizes start from those weights. The first and last layer are
+    found by the order the layers run in on an example input.
     """
     torch.manual_seed(spec.train.seed)
     model = build_model(spec.model, in_channels=info.channels, num_classes=info.num_classes,
                         input_size=info.size)
+    if weights is not None:
+        from qgen.models.zoo import load_weights
+
+        load_weights(model, weights, spec.model.name)
     if spec.quant.enabled:
         from qgen.quant import quantize_model
 
-        model = quantize_model(model, spec.quant)
+        example = torch.zeros(1, info.channels, info.size, info.size)
+        model = quantize_model(model, spec.quant, example_input=example)
     return model
+
+
+def check_start_weights(spec: RunSpec, weights: str | Path | None) -> None:
+    """The checkpoint a run starts from must be the one its spec names by SHA-256
+    (``model.options.weights_sha256``): both or neither, and the same bytes."""
+    from qgen.models.zoo import WEIGHTS_OPTION, file_sha256
+
+    want = spec.model.option(WEIGHTS_OPTION)
+    if weights is None:
+        if want is not None:
+            raise QgenError(f"model.options.{WEIGHTS_OPTION}: the run starts from a checkpoint "
+                            f"({want[:12]}…); pass it with --weights FILE")
+        return
+    if not Path(weights).is_file():
+        raise QgenError(f"--weights: {weights} is not a file")
+    got = file_sha256(weights)
+    if want is None:
+        raise QgenError(f"--weights: the spec does not name the checkpoint; set "
+                        f"model.options.{WEIGHTS_OPTION}={got}")
+    if got != want:
+        raise QgenError(f"--weights: {weights} has SHA-256 {got[:12]}…, but the spec names "
+                        f"{str(want)[:12]}…; pass the file the spec was made with")
 
 
 def execute_run(
@@ -99,7 +133,8 @@ def execute_run(
     device = torch.device(runtime.device)
     if splits is None:
         splits = load_data(spec.data, runtime.data_dir, download=runtime.download)
-    model = build_for_spec(spec, splits.info).to(device)
+    check_start_weights(spec, runtime.weights)
+    model = build_for_spec(spec, splits.info, runtime.weights).to(device)
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     t0 = time.perf_counter()
