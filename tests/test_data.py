@@ -112,7 +112,7 @@ def write_cifar100(root: Path, binary: bool, n_train: int = 20, n_test: int = 6)
 # ---- registry -----------------------------------------------------------------------------
 
 def test_registry_lists_the_four_datasets():
-    assert dataset_names() == ["cifar10", "cifar100", "digits", "fashion-mnist"]
+    assert dataset_names() == ["cifar10", "cifar100", "digits", "fashion-mnist", "imagenet"]
 
 
 def test_unknown_dataset_is_an_error_listing_the_known_ones():

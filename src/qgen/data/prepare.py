@@ -16,7 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from qgen.config import DataSpec
-from qgen.data.registry import DatasetInfo, RawImages, Splits, _as_path, get_dataset
+from qgen.data.registry import (
+    DatasetInfo,
+    RawImages,
+    SourceSplits,
+    Splits,
+    _as_path,
+    get_dataset,
+)
 from qgen.errors import QgenError
 
 CHUNK = 4096  # images converted at a time: bounds the temporary float copies
@@ -24,12 +31,13 @@ MIN_STD = 1e-6  # a constant channel would divide by zero; it is left unscaled i
 
 
 def load_data(spec: DataSpec, data_dir: str | Path | None = None,
-              download: bool = False) -> Splits:
+              download: bool = False) -> Splits | SourceSplits:
     """Load and prepare the dataset ``spec.name``.
 
     ``data_dir``, when given, is the only place searched (no silent fallback); otherwise
     ``$QGEN_DATA`` and the system folders are. ``download`` fetches a missing dataset (only
-    Fashion-MNIST has a download) into ``data_dir`` or ``$QGEN_DATA``.
+    Fashion-MNIST has a download) into ``data_dir`` or ``$QGEN_DATA``. A streamed dataset
+    (``imagenet``, ``folder:PATH``) returns :class:`SourceSplits` that decode as they go.
     """
     entry = get_dataset(spec.name)
     ddir = _as_path(data_dir)
@@ -42,6 +50,8 @@ def load_data(spec: DataSpec, data_dir: str | Path | None = None,
             raise QgenError(f"{exc}. (--download is not available for {spec.name})") from exc
         entry.fetch(ddir)
         where = entry.locate(ddir)
+    if entry.stream is not None:
+        return entry.stream(where, spec)
     return prepare(entry.read(where), spec)
 
 

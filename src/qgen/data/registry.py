@@ -7,6 +7,11 @@ A dataset registers three plain functions with :func:`register_dataset`:
 - ``read(where) -> RawImages``: the native images as ``uint8`` plus integer labels;
 - optionally ``fetch(data_dir) -> None``: download the files (only when the user asks).
 
+A dataset too large to hold in memory registers ``stream(where, spec) -> SourceSplits``
+instead (its ``read`` then refuses): splits that decode examples as they are used (the image
+folders of :mod:`qgen.data.folder`). A family of names with a prefix (``folder:PATH``)
+registers one function that makes the entry of a name, with :func:`register_dataset_family`.
+
 Preparation (subsets, channels, size, normalization) is shared and lives in
 :mod:`qgen.data.prepare`; readers only turn files into tensors and check them.
 
@@ -21,11 +26,15 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from qgen.data.source import TensorSource
+from qgen.data.source import ExampleSource, TensorSource
 from qgen.errors import QgenError
+
+if TYPE_CHECKING:
+    from qgen.config import DataSpec
 
 ENV_VAR = "QGEN_DATA"
 
@@ -72,6 +81,17 @@ class Splits:
         return TensorSource(self.test_x, self.test_y)
 
 
+@dataclass
+class SourceSplits:
+    """Train and test splits served by :class:`~qgen.data.source.ExampleSource` objects that
+    read their examples as they are used (an image folder), with the ``train``, ``test`` and
+    ``info`` of :class:`Splits`."""
+
+    train: ExampleSource
+    test: ExampleSource
+    info: DatasetInfo
+
+
 @dataclass(frozen=True)
 class RawImages:
     """A dataset as read from disk, before preparation.
@@ -92,6 +112,7 @@ class RawImages:
 Locate = Callable[[Path | None], str]
 Read = Callable[[str], RawImages]
 Fetch = Callable[[Path | None], None]
+Stream = Callable[[str, "DataSpec"], SourceSplits]
 
 
 @dataclass(frozen=True)
@@ -104,13 +125,18 @@ class DatasetEntry:
     read: Read
     fetch: Fetch | None = None
     description: str = ""
+    stream: Stream | None = None
 
+
+MakeEntry = Callable[[str], DatasetEntry]
 
 _REGISTRY: dict[str, DatasetEntry] = {}
+_FAMILIES: dict[str, tuple[MakeEntry, str]] = {}
 
 
 def register_dataset(name: str, *, num_classes: int, locate: Locate, fetch: Fetch | None = None,
-                     description: str = "") -> Callable[[Read], Read]:
+                     description: str = "", stream: Stream | None = None
+                     ) -> Callable[[Read], Read]:
     """Decorator that registers a reader function under ``name``.
 
     Example::
@@ -123,24 +149,43 @@ def register_dataset(name: str, *, num_classes: int, locate: Locate, fetch: Fetc
         if name in _REGISTRY:
             raise ValueError(f"dataset {name!r} is registered twice")
         _REGISTRY[name] = DatasetEntry(name, num_classes, locate, read, fetch,
-                                       description or (read.__doc__ or "").strip().split("\n")[0])
+                                       description or (read.__doc__ or "").strip().split("\n")[0],
+                                       stream)
         return read
 
     return deco
 
 
+def register_dataset_family(prefix: str, *, usage: str) -> Callable[[MakeEntry], MakeEntry]:
+    """Decorator that registers the names starting with ``prefix``: the function makes the
+    entry of one such name (or raises a QgenError); ``usage`` (``folder:PATH``) is how error
+    messages list the family."""
+
+    def deco(make: MakeEntry) -> MakeEntry:
+        if prefix in _FAMILIES:
+            raise ValueError(f"dataset family {prefix!r} is registered twice")
+        _FAMILIES[prefix] = (make, usage)
+        return make
+
+    return deco
+
+
 def dataset_names() -> list[str]:
-    """The registered dataset names, sorted."""
+    """The registered dataset names, sorted (a family's names, ``folder:PATH``, are not
+    listed: see :func:`get_dataset`)."""
     return sorted(_REGISTRY)
 
 
 def get_dataset(name: str) -> DatasetEntry:
-    """The registry entry of ``name``; an unknown name is a QgenError listing the known ones."""
-    try:
+    """The registry entry of ``name`` (a registered name, or one of a family such as
+    ``folder:PATH``); an unknown name is a QgenError listing the allowed ones."""
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        raise QgenError(f"data.name: unknown dataset {name!r}; "
-                        f"allowed: {', '.join(dataset_names())}") from None
+    for prefix, (make, _) in _FAMILIES.items():
+        if isinstance(name, str) and name.startswith(prefix):
+            return make(name)
+    allowed = ", ".join(dataset_names() + [usage for _, usage in _FAMILIES.values()])
+    raise QgenError(f"data.name: unknown dataset {name!r}; allowed: {allowed}")
 
 
 def dataset_available(name: str, data_dir: str | Path | None = None) -> tuple[bool, str]:

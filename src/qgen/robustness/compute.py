@@ -16,7 +16,9 @@ The images are the run's test images (the run's own test subset, and a seeded su
 of ``test_examples``), corrupted in their native size and channels in [0, 1], stored as 8-bit
 like the released files, then converted and normalized exactly as the run's data were.
 With released CIFAR-10-C/100-C files (:mod:`qgen.robustness.loaders`) the corrupted images
-are read from them instead, at the same test positions.
+are read from them instead, at the same test positions. An image-folder dataset (``imagenet``,
+``folder:PATH``) has no native size: its test images are decoded at the selected positions
+through the run's evaluation transform (resize and centre crop to the run's size), as 8-bit.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from torch import Tensor, nn
 
 from qgen.config import DataSpec
 from qgen.data import get_dataset
+from qgen.data.folder import FolderSource, FolderSplit, folder_listing, is_folder_dataset
 from qgen.data.prepare import fit_size, subset_indices
 from qgen.errors import QgenError
 from qgen.measures.context import derive_seed
@@ -85,7 +88,9 @@ class EvalSet:
     def key(self) -> str:
         """A short digest of the dataset and test positions (a cache key)."""
         digest = hashlib.blake2b(self.positions.numpy().tobytes(), digest_size=8).hexdigest()
-        return f"{self.dataset}:{len(self.positions)}:{digest}"
+        # the image size too: a folder dataset's test images are decoded at the run's size
+        shape = "x".join(map(str, self.images.shape[1:]))
+        return f"{self.dataset}:{len(self.positions)}:{shape}:{digest}"
 
     def clean01(self) -> Tensor:
         """The clean images as floats in [0, 1]."""
@@ -100,26 +105,43 @@ def _raw_test(name: str, data_dir: Path | None, cache: dict[Any, Any]) -> Any:
     return cache[key]
 
 
+def _folder_test(name: str, data_dir: Path | None, cache: dict[Any, Any]) -> FolderSplit:
+    key = ("robust.folder", name, str(data_dir))
+    if key not in cache:
+        cache[key] = folder_listing(name, data_dir).test
+    return cache[key]
+
+
 def eval_set(data: DataSpec, result_data: dict[str, Any], spec: RobustnessSpec,
              data_dir: Path | None = None, cache: dict[Any, Any] | None = None) -> EvalSet:
     """The clean test images a run is evaluated on (see the module docstring):
     ``data`` is the run's DataSpec, ``result_data`` the ``data`` part of its result.json
     (channels, size and normalization statistics as trained)."""
     cache = {} if cache is None else cache
-    raw = _raw_test(data.name, data_dir, cache)
-    n_full = int(raw.test_x.shape[0])
+    size = int(result_data["size"])
+    if is_folder_dataset(data.name):
+        test = FolderSource(_folder_test(data.name, data_dir, cache), size=size)
+        full_labels, raw = test.labels, None
+    else:
+        raw = _raw_test(data.name, data_dir, cache)
+        full_labels = raw.test_y.long()
+    n_full = len(full_labels)
     positions = subset_indices(n_full, data.test_subset, 2 * data.subset_seed + 1)
     positions = torch.arange(n_full) if positions is None else positions
     if spec.test_examples is not None and spec.test_examples < len(positions):
         gen = torch.Generator().manual_seed(derive_seed(spec.seed, "test_examples"))
         pick = torch.randperm(len(positions), generator=gen)[:spec.test_examples]
         positions = positions[pick.sort().values]
-    return EvalSet(dataset=data.name, images=raw.test_x[positions],
-                   labels=raw.test_y[positions].long(), positions=positions,
-                   scale=float(raw.scale), channels=int(result_data["channels"]),
-                   size=int(result_data["size"]), mean=tuple(result_data["mean"]),
+    if raw is None:
+        images, scale = test.take_images(positions), 255.0
+    else:
+        images, scale = raw.test_x[positions], float(raw.scale)
+    return EvalSet(dataset=data.name, images=images,
+                   labels=full_labels[positions], positions=positions,
+                   scale=scale, channels=int(result_data["channels"]),
+                   size=size, mean=tuple(result_data["mean"]),
                    std=tuple(result_data["std"]), normalize=bool(data.normalize),
-                   full_test_labels=raw.test_y.long())
+                   full_test_labels=full_labels)
 
 
 def to_uint8(images01: Tensor) -> Tensor:
