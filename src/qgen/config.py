@@ -466,6 +466,9 @@ class Runtime:
     ``resume``: save a run's training state at every epoch boundary and, when the same run
     is started again after being killed, continue from it (the result is the uninterrupted
     run's; see :mod:`qgen.train.resume`). ``force`` starts from scratch anyway.
+    ``resume_store``: the store whose ``.resume/`` folder holds that state when it is not
+    ``out_dir`` (a Ray task trains into a node-local folder but keeps its state in the shared
+    store, so a run whose node died continues elsewhere).
     """
 
     out_dir: Path = Path("runs")
@@ -476,5 +479,6 @@ class Runtime:
     download: bool = False
     force: bool = False
     resume: bool = True
+    resume_store: Path | None = None
     #: a checkpoint file a zoo model starts from (its SHA-256 is in ``model.options``)
     weights: Path | None = None

@@ -14,7 +14,13 @@ Conv2d/Linear; ``model`` the swap and the helpers; ``export`` the integer file f
 """
 
 from qgen.quant.export import export_quantized, load_quantized
-from qgen.quant.lsq import LSQQuantizer, lsq_fake_quant, lsq_init_step, qrange, step_eps
+from qgen.quant.lsq import (
+    LSQQuantizer,
+    lsq_fake_quant,
+    lsq_init_step,
+    qrange,
+    step_eps,
+)
 from qgen.quant.model import (
     freeze_steps,
     layer_bits,

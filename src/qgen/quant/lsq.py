@@ -18,6 +18,10 @@ Conventions for N (tested in ``tests/test_quant.py``):
   tensor, which would under-scale every channel's gradient by sqrt(C);
 - activations: N = features per example = ``numel / batch``, read from each input's shape.
 
+Mixed precision: under ``torch.autocast`` a quantizer still computes in float32 (its input
+cast up, autocast off inside; :meth:`LSQQuantizer.forward`), so a bf16 activation gets the
+codes the float32 quantizer gives the same values, and the step gradient is summed in float32.
+
 Positivity: the quantizer uses ``s_eff = max(|s|, eps)`` and the step gradient is multiplied
 by sign(s) (+1 at 0), so the learned parameter may cross zero without harm: an optimizer step
 that overshoots to -0.003 quantizes with 0.003, and the optimizer state (momentum) stays
@@ -296,9 +300,21 @@ class LSQQuantizer(nn.Module):
         return effective_step(self.step.detach())
 
     def forward(self, v: Tensor) -> Tensor:
-        """Fake-quantize ``v`` (identity when disabled)."""
+        """Fake-quantize ``v`` (identity when disabled).
+
+        Under ``torch.autocast`` (mixed-precision training) the quantizer computes in float32
+        all the same, on ``v`` cast to float32 (exact for half types) with autocast off, and
+        returns ``v``'s dtype, as an elementwise op does under autocast: the codes are those
+        of the float32 quantizer, and the layer it feeds casts to the autocast dtype anyway.
+        """
         if not self.enabled:
             return v
+        if torch.is_autocast_enabled(v.device.type):
+            with torch.autocast(v.device.type, enabled=False):
+                return self._fake_quant(v.float()).to(v.dtype)
+        return self._fake_quant(v)
+
+    def _fake_quant(self, v: Tensor) -> Tensor:
         if not self.initialized:
             self.init_from(v)
         step = self.step

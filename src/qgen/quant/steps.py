@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from qgen.errors import QgenError
 from qgen.quant.lsq import LSQQuantizer, effective_step
 from qgen.quant.model import quantizers
 
@@ -99,6 +100,33 @@ class StepTracker:
             if buf is not None and lr:
                 buf.copy_(torch.where(changed.view_as(p), (before - p) / lr, buf))
         return bounded
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the tracker has seen so far, to continue it in another process (a resumed
+        run): the steps at the first update and the largest relative changes (tensors, or None
+        before the first update) and the update and bound counts."""
+        return {"init": self.init, "max_rel": self._max_rel, "updates": self.updates,
+                "clipped": self.clipped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` of a tracker of the same model; a state of
+        another model (other number of step elements) is a QgenError."""
+        init, max_rel = state["init"], state["max_rel"]
+        total = sum(self.sizes)
+        for name, t in (("init", init), ("max_rel", max_rel)):
+            if t is not None and tuple(t.shape) != (total,):
+                raise QgenError(f"step tracker state: {name} has {t.numel()} elements, the "
+                                f"model's quantizers {total}")
+        if (init is None) != (max_rel is None):
+            raise QgenError("step tracker state: init and max_rel must both be set or both "
+                            "be missing")
+        if init is not None and total:
+            ref = self.items[0][1].step  # the steps' device and dtype, as before_update makes
+            init, max_rel = (t.to(ref.device, ref.dtype).clone() for t in (init, max_rel))
+        self.init, self._max_rel = init, max_rel
+        self.updates = int(state["updates"])
+        self.clipped = int(state["clipped"])
+        self._prev = None
 
     def report(self) -> list[dict[str, Any]]:
         """Per quantizer: name, role, bits, initial and final step in use (a float, or a list

@@ -9,6 +9,10 @@ A run directory ``<store>/<run_id>/`` holds::
     <pass>.json          one record per post-pass (measures.json, robustness.json, ...)
     error.json           instead of the above: why the run failed
 
+A run being trained keeps its resume state (:func:`resume_file`) in the store's hidden
+``.resume/`` folder, outside its run directory, until the run is published; like every hidden
+entry of a store it is not a run (:func:`run_dirs` skips it).
+
 It is *complete* when the four run files are there and ``result.json`` reads as a result; a
 directory holding only ``error.json`` is *failed*; anything else is *partial*. A complete
 directory appears in one rename (:func:`publish_run`): it is built in a hidden temporary
@@ -47,6 +51,8 @@ RUN_FILES = (SPEC_FILE, RESULT_FILE, MODEL_FILE, INIT_FILE)
 RUN_STATUSES = ("converged", "max_epochs", "diverged")
 #: what :meth:`RunDir.state` returns
 STATES = ("complete", "failed", "partial", "missing")
+#: the store's folder of resume states of runs in training (hidden: not a run directory)
+RESUME_DIR = ".resume"
 
 
 def now_iso() -> str:
@@ -229,6 +235,12 @@ def run_dirs(store: str | Path) -> list[RunDir]:
         raise QgenError(f"{store}: no such run store (it {what})")
     return [RunDir(p) for p in sorted(store.iterdir())
             if p.is_dir() and not p.name.startswith(".")]
+
+
+def resume_file(store: str | Path, run_id: str) -> Path:
+    """Where a run in training keeps its resume state: ``<store>/.resume/<run_id>.safetensors``
+    (nothing is created here). The file is a cache: the run deletes it once published."""
+    return Path(store) / RESUME_DIR / f"{run_id}.safetensors"
 
 
 # ------------------------------------------------------------------------------ publishing

@@ -384,10 +384,14 @@ def import_ray() -> Any:
 
 
 def _ray_task(spec: RunSpec, runtime: Runtime) -> dict[str, Any]:
-    """Body of the Ray task: train into a node-local temporary store, return the files."""
+    """Body of the Ray task: train into a node-local temporary store, return the files. The
+    training state of each epoch goes to the store's own ``.resume/`` folder, so on a shared
+    file system a run whose node died resumes on another (elsewhere saving it fails with one
+    warning and the run goes on)."""
     tmp = Path(tempfile.mkdtemp(prefix="qgen-ray-"))
     try:
-        out = run_spec_safely(spec, dataclasses.replace(runtime, out_dir=tmp))
+        out = run_spec_safely(spec, dataclasses.replace(
+            runtime, out_dir=tmp, resume_store=runtime.resume_store))
         if out["ok"]:
             run_dir = tmp / spec.run_id
             out["files"] = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
@@ -445,8 +449,10 @@ class RayExecutor:
         # Paths in the runtime are the nodes' paths: data_dir must exist on every node. It is
         # made absolute because Ray workers do not start in the driver's working directory.
         data_dir = Path(runtime.data_dir).expanduser().resolve() if runtime.data_dir else None
+        weights = Path(runtime.weights).expanduser().resolve() if runtime.weights else None
+        store = Path(runtime.resume_store or runtime.out_dir).expanduser().resolve()
         wrt = dataclasses.replace(runtime, device=device, threads=self.threads, quiet=True,
-                                  data_dir=data_dir)
+                                  data_dir=data_dir, weights=weights, resume_store=store)
         refs = {task.remote(spec, wrt): spec for spec in specs}
         try:
             while refs:

@@ -6,11 +6,19 @@ the cross-entropy on the full training set (eval mode) at the end of an epoch on
 epoch's mean minibatch loss is near the target, and every quarter epoch once a check came
 within twice the target; a run also stops at ``max_epochs`` or when the loss stops being
 finite ('diverged': a result, not a crash).
+
+A run can save its state at every epoch boundary and continue from it after being killed,
+ending exactly as if it had not been (:mod:`qgen.train.resume`). With ``train.precision``
+'bf16' or 'fp16' the forward pass and the loss run under ``torch.autocast`` (fp16 with a
+gradient scaler, CUDA only); stop-rule checks, BatchNorm re-estimation and evaluation stay in
+float32, and LSQ quantizers compute in float32 inside autocast (:mod:`qgen.quant.lsq`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,9 +29,11 @@ from torch import Tensor, nn
 
 from qgen.config import QuantSpec, TrainSpec
 from qgen.data import Batches, ExampleSource, as_source
+from qgen.errors import QgenError
 from qgen.quant import param_groups
 from qgen.quant.steps import StepTracker
 from qgen.train.evaluate import evaluate
+from qgen.train.resume import ResumeFile, capture_state, restore_state
 
 #: an epoch's mean minibatch loss below NEAR_FACTOR × target triggers a full-train check
 NEAR_FACTOR = 5.0
@@ -44,6 +54,10 @@ class TrainOutcome:
     #: per quantizer: initial/final step and largest relative change (StepTracker.report)
     step_sizes: list[dict[str, Any]] = field(default_factory=list)
     step_tracking: dict[str, Any] = field(default_factory=dict)
+    #: the completed epochs a resumed run continued from (None: trained from the start)
+    resumed_from_epoch: int | None = None
+    #: training seconds spent in earlier attempts up to that epoch (0 when not resumed)
+    earlier_time_s: float = 0.0
 
 
 def make_optimizer(model: nn.Module, spec: TrainSpec,
@@ -111,6 +125,46 @@ def recalibrate_batchnorm(model: nn.Module, data: ExampleSource | Tensor,
     return len(bns)
 
 
+#: the autocast dtype of each ``train.precision`` ('fp32': no autocast)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_for(precision: str, device: str | torch.device
+                 ) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """A factory of the context the forward pass and the loss run in for ``precision``.
+
+    'bf16' works on the CPU and CUDA; 'fp16' needs CUDA (its gradients need loss scaling, which
+    :class:`torch.amp.GradScaler` does there): anything else is a one-line QgenError.
+    """
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise QgenError(f"train.precision: must be one of {', '.join(PRECISIONS)}; "
+                        f"got {precision!r}")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext
+    if precision == "fp16" and device.type != "cuda":
+        raise QgenError(f"train.precision: 'fp16' needs a CUDA device (this run is on "
+                        f"{device.type}); use 'bf16' for mixed precision on the CPU")
+    if device.type not in ("cpu", "cuda"):
+        raise QgenError(f"train.precision: {precision!r} runs on cpu or cuda devices, not "
+                        f"{device.type}; use 'fp32'")
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def _loss(forward: Callable[[Tensor], Tensor], xb: Tensor, yb: Tensor,
+          amp: Callable[[], contextlib.AbstractContextManager[Any]]) -> Tensor:
+    with amp():
+        return F.cross_entropy(forward(xb), yb)
+
+
+def _backward(loss: Tensor, scaler: torch.amp.GradScaler | None) -> None:
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+
+
 def _lr_at(spec: TrainSpec, step: int, total: int) -> float:
     if spec.schedule == "cosine":
         return 0.5 * spec.lr * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
@@ -128,6 +182,7 @@ def train_model(
     augment: bool = False,
     on_step: Callable[[int, int, float], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    resume: ResumeFile | None = None,
 ) -> TrainOutcome:
     """Train ``model`` in place until the stop rule fires.
 
@@ -135,9 +190,19 @@ def train_model(
     tensor with ``labels``. ``on_step(step_in_epoch, steps_per_epoch, loss)`` and
     ``on_epoch(record)`` report progress. The batch order and augmentation are drawn from
     ``spec.seed``, so a run is reproducible.
+
+    With ``resume``, training first continues from the state saved there, if any (then
+    ``on_step``/``on_epoch`` report the remaining epochs only), and saves its state there at
+    the end of every epoch after which it goes on (before ``on_epoch``). The result is the
+    uninterrupted run's, bit for bit, on the same device, thread count and versions; a state
+    that does not fit is reported on stderr and training starts from scratch. The caller
+    removes the file when the result is safe.
     """
     if spec is None:
         raise TypeError("train_model: spec (a TrainSpec) is required")
+    device = torch.device(device)
+    amp = autocast_for(spec.precision, device)
+    t0 = time.perf_counter()
     source = as_source(data, labels)
     model.to(device)
     loader = source.batches(spec.batch_size, shuffle=True, augment=augment, seed=spec.seed,
@@ -146,10 +211,30 @@ def train_model(
     tracker = None
     if quant is not None and quant.enabled:
         tracker = StepTracker(model, quant.step_max_rel_change)
+    scaler = torch.amp.GradScaler(device.type) if spec.precision == "fp16" else None
     outcome = TrainOutcome(status="max_epochs", epochs=0, steps=0)
+    start, close = 0, False
+    if resume is not None and (state := resume.load()) is not None:
+        try:
+            close = restore_state(state, model=model, optimizer=optimizer, tracker=tracker,
+                                  scaler=scaler, loader=loader, outcome=outcome, device=device)
+        except QgenError as exc:  # nothing was changed: train from the start
+            resume.discard(f"the resume state does not fit this run ({exc})")
+        else:
+            start = outcome.resumed_from_epoch = state.epoch
+            outcome.earlier_time_s = float(state.meta["elapsed_s"])
+
+    def save(epoch: int, close: bool) -> None:
+        assert resume is not None
+        elapsed = outcome.earlier_time_s + time.perf_counter() - t0
+        resume.save(capture_state(
+            model=model, optimizer=optimizer, tracker=tracker, scaler=scaler, loader=loader,
+            outcome=outcome, epoch=epoch, close=close, elapsed_s=elapsed, device=device))
+
     try:
         _train_epochs(model, loader, source, spec, optimizer, tracker, outcome, on_step,
-                      on_epoch)
+                      on_epoch, amp=amp, scaler=scaler, start=start, close=close,
+                      save=save if resume is not None else None)
         if spec.bn_recalibration == "full" and outcome.status != "diverged":
             # the statistics the final evaluation and every later use of the model see
             recalibrate_batchnorm(model, source, spec.batch_size)
@@ -164,10 +249,12 @@ def _train_epochs(model: nn.Module, loader: Batches, source: ExampleSource, spec
                   optimizer: torch.optim.Optimizer, tracker: StepTracker | None,
                   outcome: TrainOutcome,
                   on_step: Callable[[int, int, float], None] | None,
-                  on_epoch: Callable[[dict[str, Any]], None] | None) -> None:
+                  on_epoch: Callable[[dict[str, Any]], None] | None, *,
+                  amp: Callable[[], contextlib.AbstractContextManager[Any]],
+                  scaler: torch.amp.GradScaler | None, start: int, close: bool,
+                  save: Callable[[int, bool], None] | None) -> None:
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * spec.max_epochs
-    close = False
     check_every = max(1, steps_per_epoch // CHECKS_PER_EPOCH_WHEN_CLOSE)
 
     def check(epoch_pos: float) -> bool:
@@ -180,7 +267,7 @@ def _train_epochs(model: nn.Module, loader: Batches, source: ExampleSource, spec
         close = ce <= CLOSE_FACTOR * spec.target_ce
         return ce <= spec.target_ce
 
-    for epoch in range(spec.max_epochs):
+    for epoch in range(start, spec.max_epochs):
         model.train()
         loss_sum, n_batches = 0.0, 0
         for i, (xb, yb) in enumerate(loader):
@@ -190,17 +277,21 @@ def _train_epochs(model: nn.Module, loader: Batches, source: ExampleSource, spec
             lr = _lr_at(spec, outcome.steps, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            loss = F.cross_entropy(model(xb), yb)
+            loss = _loss(model, xb, yb, amp)
             if not torch.isfinite(loss):
                 outcome.status = "diverged"
                 outcome.epochs = epoch + i / steps_per_epoch
                 outcome.history.append({"epoch": epoch + 1, "diverged_at_step": outcome.steps})
                 return
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            _backward(loss, scaler)
             if tracker is not None:
                 tracker.before_update()
-            optimizer.step()
+            if scaler is None:
+                optimizer.step()
+            else:  # unscales first; skips the update when a gradient overflowed
+                scaler.step(optimizer)
+                scaler.update()
             if tracker is not None:
                 tracker.after_update(optimizer)
             outcome.steps += 1
@@ -221,6 +312,8 @@ def _train_epochs(model: nn.Module, loader: Batches, source: ExampleSource, spec
             record["train_ce"] = outcome.checks[-1]["train_ce"]
         outcome.history.append(record)
         outcome.epochs = epoch + 1
+        if save is not None and not converged and epoch + 1 < spec.max_epochs:
+            save(epoch + 1, close)
         if on_epoch is not None:
             on_epoch(record)
         if converged:
