@@ -216,3 +216,91 @@ def test_cli_fine_tunes_from_weights_and_measures(tmp_path) -> None:
                               str(tmp_path / "other"), "--quiet", "--force"])
     assert res.exit_code == 2 and "pass it with --weights FILE" in res.output
     assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())
+
+
+@pytest.mark.parametrize("preset, model", [
+    ("imagenet-resnet18", "tv:resnet18"), ("imagenet-resnet50", "tv:resnet50"),
+    ("imagenet-deit-tiny", "timm:deit_tiny_patch16_224"),
+    ("imagenet-swin-tiny", "timm:swin_tiny_patch4_window7_224")])
+def test_imagenet_presets_plan_fp_8_4_2_and_name_the_checkpoint(tmp_path, preset: str,
+                                                                 model: str) -> None:
+    from safetensors.torch import save_file
+
+    from qgen.models.zoo import WEIGHTS_OPTION, file_sha256
+    from qgen.sweep.plan import expand, load_sweep
+
+    plan = expand(load_sweep(preset))
+    assert [s.quant.label for s in plan.specs] == ["fp", "w8a8", "w4a4", "w2a2"]
+    for s in plan.specs:
+        assert (s.data.name, s.data.input_size, s.model.name) == ("imagenet", 224, model)
+        assert (s.train.schedule, s.train.precision, s.quant.first_last) == ("cosine", "bf16",
+                                                                             "8bit")
+    ckpt = tmp_path / "start.safetensors"
+    save_file({"w": torch.zeros(2)}, str(ckpt))
+    named = plan.with_weights(ckpt)
+    assert {s.model.option(WEIGHTS_OPTION) for s in named.specs} == {file_sha256(ckpt)}
+    assert set(named.run_ids).isdisjoint(plan.run_ids)
+
+
+def test_write_folder_writes_the_subsets_pixels_and_labels(tmp_path) -> None:
+    """`qgen write-folder digits OUT` writes the seeded subsets as lossless PNG class folders
+    (every file holds exactly the dataset's pixels, in the folder of its label), and
+    `folder:OUT` reads them back as a dataset."""
+    import numpy as np
+    from PIL import Image
+
+    from qgen.config import DataSpec
+    from qgen.data import get_dataset, load_data
+    from qgen.data.prepare import subset_indices
+
+    out = tmp_path / "digits-folder"
+    res = CliRunner().invoke(app, ["write-folder", "digits", str(out), "--train-subset", "40",
+                                   "--test-subset", "20"])
+    assert res.exit_code == 0, res.output
+    entry = get_dataset("digits")
+    raw = entry.read(entry.locate(None))
+    for folder, x, y, k, seed in (("train", raw.train_x, raw.train_y, 40, 0),
+                                  ("val", raw.test_x, raw.test_y, 20, 1)):
+        files = sorted((out / folder).rglob("*.png"))
+        assert len(files) == k
+        assert sorted(int(f.stem) for f in files) == subset_indices(len(x), k, seed).tolist()
+        for f in files:
+            pos = int(f.stem)
+            expect = (x[pos, 0].float() * 255 / 16).round().to(torch.uint8).numpy()
+            assert np.array_equal(np.array(Image.open(f)), expect), f
+            assert f.parent.name == f"class{int(y[pos])}"
+    back = load_data(DataSpec(name=f"folder:{out}", input_size=8))
+    assert (len(back.train), len(back.test), back.info.num_classes) == (40, 20, 10)
+    res = CliRunner().invoke(app, ["write-folder", "digits", str(out)])
+    assert res.exit_code == 2 and "already exists" in res.output
+
+
+def test_measures_refuse_a_whole_streamed_training_set(tmp_path) -> None:
+    from PIL import Image
+
+    from qgen.config import DataSpec
+    from qgen.data import load_data
+    from qgen.measures import MeasureSpec, compute_measures
+    from qgen.measures import context as ctx
+
+    for split, n in (("train", 3), ("val", 2)):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                image = Image.new("RGB", (12, 12), (40 * i, 90, 200))
+                image.save(tmp_path / split / c / f"{i}.png")
+    splits = load_data(DataSpec(name=f"folder:{tmp_path}", input_size=8))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 64, 2))
+    w0 = {k: v.clone() for k, v in model.state_dict().items()}
+    old = ctx.STREAMED_EVAL_MAX
+    try:
+        ctx.STREAMED_EVAL_MAX = 4
+        with pytest.raises(QgenError, match="read from disk .* set eval_subset to at most 4"):
+            compute_measures(model, w0, splits.train, None,
+                             MeasureSpec.from_dict({"names": ["norm.l2"],
+                                                    "eval_subset": None}))
+        out = compute_measures(model, w0, splits.train, None,
+                               MeasureSpec.from_dict({"names": ["norm.l2"], "eval_subset": 4}))
+        assert out.values["norm.l2"] > 0
+    finally:
+        ctx.STREAMED_EVAL_MAX = old

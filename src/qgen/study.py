@@ -143,7 +143,8 @@ def _postpass_settings(study: dict[str, Any], where: str) -> list[tuple[str, Any
 def run_study(sweep: str | Path | Any, out: str | Path, *, fast: bool = False,
               full: bool = False, workers: int = 2, threads: int = 1, data_dir: Path | None = None,
               device: str = "cpu", observer: Observer | None = None,
-              run_sweep_fn: Callable[..., Any] | None = None) -> StudyResult:
+              run_sweep_fn: Callable[..., Any] | None = None,
+              weights: Path | None = None) -> StudyResult:
     """Run every stage of the study ``sweep`` (a file, a preset name or a parsed Sweep) into
     ``out`` (see the module docstring) and return where everything is.
 
@@ -152,7 +153,8 @@ def run_study(sweep: str | Path | Any, out: str | Path, *, fast: bool = False,
     side by side, each with ``threads`` torch threads (pinned: the numbers depend on the
     thread count, not on ``workers``).
     ``run_sweep_fn(plan, runtime, executor)`` replaces the training stage's runner (the CLI
-    passes one that draws progress).
+    passes one that draws progress). ``weights``: the checkpoint every zoo model starts from
+    (:meth:`qgen.sweep.plan.Plan.with_weights`).
     """
     from qgen.store import Resources, run_postpass_many, store_lock
     from qgen.sweep.executors import LocalExecutor, cpu_cores
@@ -166,10 +168,11 @@ def run_study(sweep: str | Path | Any, out: str | Path, *, fast: bool = False,
     if full:
         sw = apply_variant(sw, "full")
     passes = _postpass_settings(sw.study, sw.source)
-    plan = expand(sw)
+    plan = expand(sw).with_weights(weights)
     out = Path(out)
     store = out / "runs"
-    runtime = Runtime(out_dir=store, data_dir=data_dir, device=device, quiet=True)
+    runtime = Runtime(out_dir=store, data_dir=data_dir, device=device, quiet=True,
+                      weights=weights)
     check_data_available(plan, runtime)  # before anything is written
     check_writable_dir(out)
     workers = max(1, min(workers, max(1, cpu_cores() // threads), len(plan.specs)))

@@ -1,6 +1,6 @@
 """The ``qgen`` command line: a thin layer over the library (which never imports it).
 
-One module per command group: ``train`` (train, export, datasets), ``sweep`` (sweep
+One module per command group: ``train`` (train, export, datasets, write-folder), ``sweep`` (sweep
 plan/run/status/measure, collect), ``measure``, ``demo``; ``common`` holds the one-line error
 guard, progress bars and shared options. Every user error (:class:`~qgen.errors.QgenError`)
 ends as one line on stderr and exit code 2.
@@ -22,7 +22,7 @@ from qgen.cli.robustness import robustness_command
 from qgen.cli.study import demo, study
 from qgen.cli.sweep import collect_command, sweep_app
 from qgen.cli.theory import theory_command
-from qgen.cli.train import datasets, export, train
+from qgen.cli.train import datasets, export, train, write_folder_command
 
 
 def _typer_exception(name: str) -> type[Exception]:
@@ -73,6 +73,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, cls=_OneLineErrors
 app.command()(train)
 app.command()(export)
 app.command()(datasets)
+app.command("write-folder")(write_folder_command)
 app.command()(demo)
 app.command()(study)
 app.command("measure")(measure_command)

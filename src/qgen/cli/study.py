@@ -51,14 +51,14 @@ class RichObserver:
 
 def run_study_command(sweep: str, out: Path, *, fast: bool, workers: int, threads: int,
                       data_dir: Path | None, device: str, quiet: bool,
-                      full: bool = False) -> Any:
+                      full: bool = False, weights: Path | None = None) -> Any:
     """The body of ``qgen study`` and ``qgen demo``: run, then print the answers."""
     from qgen.study import run_study
 
     check_run_options(device, threads, data_dir)
     with RichObserver(quiet) as obs:
         result = run_study(sweep, out, fast=fast, full=full, workers=workers, threads=threads,
-                           data_dir=data_dir, device=device, observer=obs)
+                           data_dir=data_dir, device=device, observer=obs, weights=weights)
     if not quiet:
         print_answers(result.analysis)
     say(f"report: {result.report}")
@@ -78,12 +78,15 @@ def study(
     threads: int = typer.Option(1, help="torch threads per run (the numbers depend on it)."),
     data_dir: Path | None = typer.Option(None, help="Where the dataset files are."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    weights: Path | None = typer.Option(None, help="Checkpoint every zoo model starts from "
+                                                   "(its SHA-256 joins each spec)."),
     quiet: bool = QUIET_OPT,
 ) -> None:
     """Plan, train, post-pass, collect, analyse and report a study (resumable)."""
     with user_errors():
         run_study_command(sweep, out, fast=fast, workers=workers, threads=threads,
-                          data_dir=data_dir, device=device, quiet=quiet, full=full)
+                          data_dir=data_dir, device=device, quiet=quiet, full=full,
+                          weights=weights)
 
 
 def demo(

@@ -147,6 +147,9 @@ def run_command(
     max_retries: int | None = typer.Option(None, min=0, help="Retries after a worker "
                                               "crash (default: local 1, ray 2)."),
     download: bool = typer.Option(False, help="Download a missing dataset (online only)."),
+    weights: Path | None = typer.Option(
+        None, help="Checkpoint every run's zoo model starts from (the same path on every Ray "
+                   "node); its SHA-256 joins each spec."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Run every run of a sweep that has no result yet in --out (rerun to resume)."""
@@ -156,11 +159,11 @@ def run_command(
     with user_errors():
         check_run_options(device, threads, data_dir)
         sw = load_sweep(sweep)
-        plan = expand(sw)
+        plan = expand(sw).with_weights(weights)
         ex = _executor(executor, workers, threads, address, device, gpus, gpus_per_run,
                        max_retries, quiet)
         runtime = Runtime(out_dir=out, data_dir=data_dir, device=device, quiet=True,
-                          download=download)
+                          download=download, weights=weights)
         report = run_with_progress(plan, runtime, ex, retry_failed=retry_failed,
                                    check_data=address is None, quiet=quiet)
         print_report(report, quiet)

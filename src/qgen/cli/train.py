@@ -1,4 +1,4 @@
-"""``qgen train``, ``qgen export`` and ``qgen datasets``."""
+"""``qgen train``, ``qgen export``, ``qgen datasets`` and ``qgen write-folder``."""
 
 from __future__ import annotations
 
@@ -99,20 +99,6 @@ def spec_from_options(config: Path | None, flags: dict[str, Any],
     return check_names(RunSpec.from_dict(tree))
 
 
-def with_weights(spec: RunSpec, weights: Path | None) -> RunSpec:
-    """``spec`` naming the checkpoint ``weights`` by SHA-256 (``model.options``), after
-    checking that the file reads and matches the model; ``spec`` itself without a file."""
-    if weights is None:
-        return spec
-    from qgen.models.zoo import WEIGHTS_OPTION, file_sha256, read_state_dict
-
-    if not weights.is_file():
-        raise QgenError(f"--weights: {weights} is not a file")
-    read_state_dict(weights)  # fails early, in one line, on a file that is not a checkpoint
-    options = {**dict(spec.model.options), WEIGHTS_OPTION: file_sha256(weights)}
-    return spec.replace(model=spec.model.replace(options=options))
-
-
 def train(
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML run spec."),
     dataset: str | None = typer.Option(None, help="Dataset name (see `qgen datasets`)."),
@@ -146,6 +132,8 @@ def train(
     quiet: bool = QUIET_OPT,
 ) -> None:
     """Train one model (YAML, then flags, then --set) and write runs/<id>/."""
+    from qgen.train import spec_with_weights
+
     with user_errors():
         values = dict(dataset=dataset, train_subset=train_subset, model=model, depth=depth,
                       width=width, optimizer=optimizer, lr=lr, momentum=momentum,
@@ -157,7 +145,7 @@ def train(
             flags["quant.w_bits"] = parse_bits(w_bits, "--w-bits")
         if a_bits is not None:
             flags["quant.a_bits"] = parse_bits(a_bits, "--a-bits")
-        spec = with_weights(spec_from_options(config, flags, settings), weights)
+        spec = spec_with_weights(spec_from_options(config, flags, settings), weights)
         check_run_options(device, threads, data_dir)
         runtime = Runtime(out_dir=out, data_dir=data_dir, device=device, threads=threads,
                           quiet=quiet, download=download, force=force, weights=weights)
@@ -199,3 +187,23 @@ def datasets(
             ok, where = dataset_available(name, data_dir)
             table.add_row(name, "yes" if ok else "no", where)
         console.print(table)
+
+
+def write_folder_command(
+    dataset: str = typer.Argument(..., help="A registered dataset (see `qgen datasets`)."),
+    out: Path = typer.Argument(..., help="New folder to write train/<class>/ and "
+                                         "val/<class>/ PNG files to."),
+    train_subset: int | None = typer.Option(None, help="Seeded training subset size."),
+    test_subset: int | None = typer.Option(None, help="Seeded test subset size."),
+    subset_seed: int = typer.Option(0, help="Seed of the subsets."),
+    data_dir: Path | None = typer.Option(None, help="Where the dataset files are."),
+) -> None:
+    """Write a dataset as a folder-per-class image dataset, which `folder:OUT` reads."""
+    from qgen.data.export import write_folder
+
+    with user_errors():
+        check_data_dir(data_dir)
+        counts = write_folder(dataset, out, data_dir=data_dir, train_subset=train_subset,
+                              test_subset=test_subset, subset_seed=subset_seed)
+        say(f"{out}: {counts['train']} train and {counts['test']} val images "
+            f"(read it as --dataset folder:{out})")

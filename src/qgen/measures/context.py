@@ -17,13 +17,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from qgen.data.source import ExampleSource, as_source, example_shape
+from qgen.data.source import ExampleSource, TensorSource, as_source, example_shape
 from qgen.errors import QgenError
 from qgen.measures.bnfold import FoldedTwin
 from qgen.measures.params import Prepared, prepare_model, reference_values
 from qgen.measures.perturb import Evaluator, Metrics
 from qgen.measures.search import DeviationFn, SearchResult, bisect, threshold_search
 from qgen.measures.settings import MeasureSpec
+
+#: the largest evaluation subset taken from a dataset streamed from disk (an image folder):
+#: the subset is held in memory, and 20,000 ImageNet inputs at 224 px are 12 GB of float32
+STREAMED_EVAL_MAX = 20_000
 
 
 def derive_seed(seed: int, key: str) -> int:
@@ -62,6 +66,11 @@ class MeasureContext:
         self.w0 = reference_values(model, spec, w0, self.prep.params.names, self.device)
         self.m = len(data)
         n_eval = self.m if spec.eval_subset is None else min(spec.eval_subset, self.m)
+        if n_eval > STREAMED_EVAL_MAX and not isinstance(data, TensorSource):
+            raise QgenError(f"eval_subset: the training set ({self.m} examples) is read from "
+                            f"disk and the measures hold their evaluation subset in memory; "
+                            f"set eval_subset to at most {STREAMED_EVAL_MAX} (e.g. "
+                            "--set eval_subset=5000)")
         if n_eval < self.m:
             gen = torch.Generator().manual_seed(derive_seed(spec.seed, "eval_subset"))
             idx = torch.randperm(self.m, generator=gen)[:n_eval]

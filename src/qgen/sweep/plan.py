@@ -86,6 +86,22 @@ class Plan:
         """Run ids in grid order."""
         return [s.run_id for s in self.specs]
 
+    def with_weights(self, weights: str | Path | None) -> Plan:
+        """The plan with every spec naming the start checkpoint ``weights`` by SHA-256
+        (:func:`qgen.train.spec_with_weights`); the plan itself when ``weights`` is None."""
+        if weights is None:
+            return self
+        from dataclasses import replace
+
+        from qgen.models.zoo import WEIGHTS_OPTION
+        from qgen.train.run import spec_with_weights
+
+        specs = [spec_with_weights(self.specs[0], weights)]
+        sha = specs[0].model.option(WEIGHTS_OPTION)  # the file is hashed once, not per run
+        specs += [s.replace(model=s.model.replace(
+            options={**dict(s.model.options), WEIGHTS_OPTION: sha})) for s in self.specs[1:]]
+        return replace(self, specs=specs)
+
 
 def preset_dir() -> Path:
     """The folder of the YAML presets shipped with qgen."""

@@ -13,12 +13,13 @@ from qgen.train.run import (
     load_export,
     load_run_data,
     load_run_model,
+    spec_with_weights,
     versions,
 )
 
 __all__ = [
     "EvalMetrics", "TrainOutcome", "build_for_spec", "check_names", "evaluate", "execute_run",
     "export_run", "gaps", "info_from_result", "load_export", "load_run_data", "load_run_model",
-    "make_optimizer", "margins", "predict_logits", "recalibrate_batchnorm", "train_model",
-    "training_health", "versions",
+    "make_optimizer", "margins", "predict_logits", "recalibrate_batchnorm", "spec_with_weights",
+    "train_model", "training_health", "versions",
 ]

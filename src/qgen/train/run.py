@@ -22,7 +22,7 @@ from torch import nn
 import qgen
 from qgen.checkpoint import read_metadata, save_tensors
 from qgen.config import RunSpec, Runtime
-from qgen.data import DatasetInfo, Splits, dataset_names, load_data
+from qgen.data import DatasetInfo, Splits, get_dataset, load_data
 from qgen.errors import QgenError
 from qgen.io import atomic_write_json, check_can_create_dir, check_writable_dir
 from qgen.models import build_model, check_model_name
@@ -35,9 +35,11 @@ from qgen.store import (
     RunDir,
     publish_run,
 )
+from qgen.store.rundir import resume_file
 from qgen.train.evaluate import evaluate, gaps
 from qgen.train.health import training_health
 from qgen.train.loop import train_model
+from qgen.train.resume import ResumeFile
 
 EXPORT_FILE = "model.int.safetensors"
 
@@ -45,9 +47,7 @@ EXPORT_FILE = "model.int.safetensors"
 def check_names(spec: RunSpec) -> RunSpec:
     """Check the dataset and model names of ``spec`` against the registries (once, where a
     spec enters: the command line, a sweep plan); returns ``spec``."""
-    if spec.data.name not in dataset_names():
-        raise QgenError(f"data.name: unknown dataset {spec.data.name!r}; "
-                        f"allowed: {', '.join(dataset_names())}")
+    get_dataset(spec.data.name)  # a registered name or folder:PATH, else the allowed ones
     check_model_name(spec.model.name)
     return spec
 
@@ -87,6 +87,20 @@ def build_for_spec(spec: RunSpec, info: DatasetInfo,
     return model
 
 
+def spec_with_weights(spec: RunSpec, weights: str | Path | None) -> RunSpec:
+    """``spec`` naming the checkpoint ``weights`` by SHA-256 (``model.options``), after
+    checking that the file reads as a checkpoint; ``spec`` itself when ``weights`` is None."""
+    if weights is None:
+        return spec
+    from qgen.models.zoo import WEIGHTS_OPTION, file_sha256, read_state_dict
+
+    if not Path(weights).is_file():
+        raise QgenError(f"--weights: {weights} is not a file")
+    read_state_dict(weights)  # fails early, in one line, on a file that is not a checkpoint
+    options = {**dict(spec.model.options), WEIGHTS_OPTION: file_sha256(weights)}
+    return spec.replace(model=spec.model.replace(options=options))
+
+
 def check_start_weights(spec: RunSpec, weights: str | Path | None) -> None:
     """The checkpoint a run starts from must be the one its spec names by SHA-256
     (``model.options.weights_sha256``): both or neither, and the same bytes."""
@@ -121,12 +135,21 @@ def execute_run(
 
     An existing complete run directory is returned as it is unless ``runtime.force``.
     ``splits`` lets a caller that runs many specs on the same data load it once.
+
+    With ``runtime.resume`` the training state is saved at every epoch boundary in the
+    store's ``.resume/`` folder (:func:`~qgen.store.rundir.resume_file`), and a run killed
+    before it was published continues from its last epoch when run again, ending with the
+    uninterrupted run's result (``resumed_from_epoch`` in result.json says from where;
+    ``wall_time_s`` counts the earlier attempts' training up to there). The state is removed
+    once the run is published; ``runtime.force`` discards it first.
     """
     # Nothing is created before the data loads and the model builds: a late error (missing
     # data, an impossible depth, a bad device) leaves no empty output directory behind.
     out_dir = check_can_create_dir(runtime.out_dir)
     existing = RunDir(out_dir / spec.run_id)
+    resume = ResumeFile(resume_file(runtime.resume_store or out_dir, spec.run_id), spec.run_id)
     if existing.is_complete and not runtime.force:
+        resume.remove()  # left by a run killed right after it was published
         return existing.result
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
@@ -136,11 +159,14 @@ def execute_run(
     check_start_weights(spec, runtime.weights)
     model = build_for_spec(spec, splits.info, runtime.weights).to(device)
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if runtime.force or not runtime.resume:
+        resume.remove()  # from scratch (and no state of an earlier attempt left to mislead)
 
     t0 = time.perf_counter()
     outcome = train_model(model, splits.train, spec=spec.train, quant=spec.quant,
                           device=device, augment=spec.data.augment,
-                          on_step=on_step, on_epoch=on_epoch)
+                          on_step=on_step, on_epoch=on_epoch,
+                          resume=resume if runtime.resume else None)
     train_time = time.perf_counter() - t0
     train_m = evaluate(model, splits.train)
     test_m = evaluate(model, splits.test)
@@ -164,7 +190,8 @@ def execute_run(
                  "mean": list(splits.info.mean), "std": list(splits.info.std),
                  "source": splits.info.source},
         "num_params": sum(p.numel() for p in model.parameters()),
-        "wall_time_s": train_time,
+        "wall_time_s": train_time + outcome.earlier_time_s,
+        "resumed_from_epoch": outcome.resumed_from_epoch,
         "versions": versions(),
         "device": str(device),
         "threads": torch.get_num_threads(),
@@ -187,6 +214,7 @@ def execute_run(
 
     check_writable_dir(out_dir)
     publish_run(out_dir, spec.run_id, build, replace=runtime.force)
+    resume.remove()
     return result
 
 
