@@ -8,6 +8,9 @@
 2. One SGD training step (forward, backward, optimizer) of W4A4 (first/last layer 8-bit)
    against full precision for NiN and ResNet-20 at 32x32, batch 128, on the same random
    batches. Target: W4A4 / FP <= 1.25.
+3. The compiled path (``train.compile``, torch.compile with inductor): eager FP, eager W4A4,
+   compiled FP and compiled W4A4 steps side by side. Goals: compiled W4A4 / compiled FP
+   <= 1.10 and compiled W4A4 / eager FP <= 1.0.
 
 Timings alternate between the two sides repeat by repeat, so that load from other processes
 on a shared machine hits both alike; medians are reported.
@@ -217,6 +220,54 @@ def bench_train(batch: int, steps: int, device: torch.device, sync: Callable[[],
               f"ratio {t_naive / t_fp:5.2f}")
 
 
+def bench_compiled(batch: int, steps: int, device: torch.device,
+                   sync: Callable[[], None]) -> None:
+    """Part 3: the compiled training path (``train.compile``): eager FP, eager W4A4, compiled
+    FP and compiled W4A4 SGD steps side by side, after a first eager step that starts the LSQ
+    steps and a compiled warm-up (compile time reported separately)."""
+    print(f"\n## 3. compiled training step (torch.compile, inductor), W{BITS}A{BITS} (first/last "
+          f"8-bit) and FP, 32x32x3, batch {batch}, {device} (median of {steps}, milliseconds)")
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(batch, 3, 32, 32, generator=gen).to(device),
+                torch.randint(0, 10, (batch,), generator=gen).to(device)) for _ in range(4)]
+    for label, spec in (("nin d2 w2", ModelSpec("nin", 2, 2)),
+                        ("resnet20", ModelSpec("resnet", 20, 1))):
+        torch.manual_seed(0)
+        fp = build_model(spec, 3, 10, 32).to(device)
+        q = quantize_model(copy.deepcopy(fp), QuantSpec(w_bits=BITS, a_bits=BITS))
+        models = {"eager FP": fp, "eager W4A4": q, "compiled FP": copy.deepcopy(fp),
+                  "compiled W4A4": copy.deepcopy(q)}
+        fns, compile_s = [], {}
+        for name, model in models.items():
+            opt = torch.optim.SGD(param_groups(model, 0.0), lr=0.01, momentum=0.9)
+            train_step(model, opt, iter(batches))  # LSQ starts its steps eagerly
+            fwd: nn.Module = model
+            if name.startswith("compiled"):
+                fwd = torch.compile(model, dynamic=False)
+                t0 = time.perf_counter()
+                train_step_with(fwd, opt, iter(batches))  # compiles forward and backward
+                sync()
+                compile_s[name] = time.perf_counter() - t0
+            fns.append(functools.partial(train_step_with, fwd, opt, itertools.cycle(batches)))
+        times = dict(zip(models, timed_alternating(fns, steps, sync), strict=True))
+        cells = "  ".join(f"{k} {v * 1e3:7.1f}" for k, v in times.items())
+        print(f"{label:10s} {cells}")
+        cq, cf, ef = times["compiled W4A4"], times["compiled FP"], times["eager FP"]
+        print(f"{'':10s} compiled W4A4 / compiled FP {cq / cf:5.2f} (goal <= 1.10)   "
+              f"compiled W4A4 / eager FP {cq / ef:5.2f} (goal <= 1.0)   "
+              f"eager W4A4 / eager FP {times['eager W4A4'] / ef:5.2f}   compile s: "
+              f"FP {compile_s['compiled FP']:.1f}, W4A4 {compile_s['compiled W4A4']:.1f}")
+
+
+def train_step_with(forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.optim.Optimizer,
+                    batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """One SGD step on the next batch through ``forward`` (a model or its compiled form)."""
+    x, y = next(batches)
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(forward(x), y).backward()
+    opt.step()
+
+
 def main() -> None:
     """Parse flags, print the environment, run the parts."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -224,7 +275,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--op-repeats", type=int, default=30)
     ap.add_argument("--train-steps", type=int, default=15)
-    ap.add_argument("--part", choices=("ops", "train", "all"), default="all")
+    ap.add_argument("--part", choices=("ops", "train", "compiled", "all"), default="all")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--keep-masks", action="store_true",
                     help="activations keep mask and step factor from the forward instead of "
@@ -241,6 +292,8 @@ def main() -> None:
         bench_ops(args.batch, args.op_repeats, device, sync, args.keep_masks)
     if args.part in ("train", "all"):
         bench_train(args.batch, args.train_steps, device, sync, args.keep_masks)
+    if args.part in ("compiled", "all"):
+        bench_compiled(args.batch, args.train_steps, device, sync)
 
 
 if __name__ == "__main__":

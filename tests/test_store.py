@@ -62,13 +62,13 @@ def test_an_old_store_collects_as_before(old_store):
     assert list(new.index) == list(old.index)
     # every column the old code wrote is there with the same values; the new columns are
     # the spec fields added since (step rules, BatchNorm re-estimation, model options,
-    # mixed precision)
+    # mixed precision, the compiled path)
     assert set(old.columns) <= set(new.columns)
     added = set(new.columns) - set(old.columns)
     assert added == {"hp.quant.step_positivity", "hp.quant.step_lr_scale",
                      "hp.quant.step_momentum", "hp.quant.step_max_rel_change",
                      "hp.train.bn_recalibration", "hp.model.options",
-                     "hp.train.precision"}
+                     "hp.train.precision", "hp.train.compile"}
     for col in old.columns:
         assert [_plain(v) for v in old[col]] == [_plain(v) for v in new[col]], col
     assert (new.loc[new["status"] != "failed", "measure.norm.l2"] > 0).all()

@@ -337,10 +337,15 @@ class TrainSpec(Spec):
     ``precision``: 'fp32', or mixed precision for the forward and backward passes ('bf16' on
     any device, 'fp16' with loss scaling on CUDA only); LSQ quantizers always compute in
     float32. It changes the numbers, so it is part of the run id (when not 'fp32').
+
+    ``compile``: train through ``torch.compile`` (inductor; CPU needs a C++ compiler, CUDA
+    Triton). LSQ's quantizers are traced as plain ops that inductor fuses into the layers
+    around them. Compiled code rounds differently, so a compiled run is another run (its id
+    differs), not a faster copy of the eager one; evaluation stays eager.
     """
 
     SECTION: ClassVar[str] = "train"
-    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("precision",)
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("precision", "compile")
 
     optimizer: str = "sgd"
     lr: float = 0.01
@@ -353,10 +358,13 @@ class TrainSpec(Spec):
     seed: int = 0
     bn_recalibration: str = "full"
     precision: str = "fp32"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         check_choice("train.optimizer", self.optimizer, ("sgd", "adam"))
         check_choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
+        if not isinstance(self.compile, bool):
+            fail("train.compile", f"must be true or false, got {self.compile!r}")
         if self.bn_recalibration is False:  # YAML 1.1 reads a bare `off` as false
             object.__setattr__(self, "bn_recalibration", "off")
         check_choice("train.bn_recalibration", self.bn_recalibration, ("full", "off"))
@@ -398,6 +406,10 @@ class RunSpec(Spec):
         return out
 
     def __post_init__(self) -> None:
+        if self.train.compile and self.quant.enabled and self.quant.step_positivity == "clamp":
+            fail("train.compile", "the 'clamp' step rule (spec version 1) projects the step "
+                 "in place inside the forward and trains eagerly only; use "
+                 "quant.step_positivity: abs or train.compile: false")
         if self.quant.step_momentum is not None and self.train.optimizer != "sgd":
             fail("quant.step_momentum", f"is an SGD setting; train.optimizer is "
                   f"{self.train.optimizer!r} (leave step_momentum null)")

@@ -17,6 +17,7 @@ from qgen.quant.export import export_quantized, load_quantized
 from qgen.quant.lsq import (
     LSQQuantizer,
     lsq_fake_quant,
+    lsq_fake_quant_ops,
     lsq_init_step,
     qrange,
     step_eps,
@@ -43,6 +44,7 @@ __all__ = [
     "layer_bits",
     "load_quantized",
     "lsq_fake_quant",
+    "lsq_fake_quant_ops",
     "lsq_init_step",
     "param_groups",
     "qrange",

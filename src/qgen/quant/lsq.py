@@ -191,6 +191,36 @@ class _LSQFunction(torch.autograd.Function):
         return grad_v, grad_s, None, None, None, None, None
 
 
+def lsq_fake_quant_ops(v: Tensor, step: Tensor, qn: int, qp: int, grad_scale: float,
+                       ch_axis: int | None = None) -> Tensor:
+    """LSQ fake quantization written as plain differentiable torch ops: the same values and
+    gradients as :func:`lsq_fake_quant`'s autograd Function, in a form ``torch.compile``
+    (inductor) traces and fuses into the neighbouring convolution's prologue and epilogue.
+
+    Every identity is exact in floating point, so the forward computes the very ops of the
+    Function's forward (``round(clamp(v / s)) * s`` with ``s = max(|step|, eps)``):
+
+    - ``|step|`` as ``step * sign`` with sign = -1 below zero, else +1: the gradient is
+      multiplied by sign(step), +1 at zero (the positivity rule);
+    - the eps floor as ``a + (max(a, eps) - a).detach()``: the gradient passes it straight
+      through, as in the Function;
+    - the step-gradient scale g as ``s.detach() + (s - s.detach()) * g``: the value is ``s``
+      exactly (the second term is an exact zero) and the gradient is g;
+    - the straight-through round as ``round(x).detach() + (x - x.detach())``: the value is
+      ``round(x)`` exactly, the gradient that of ``x = clamp(v / s)`` (1 inside the range for
+      ``v``; for ``s``, ``-v/s`` inside, which with the product rule gives LSQ's
+      ``round(v/s) - v/s`` inside and the clip bound outside).
+    """
+    sign = torch.where(step < 0, -1.0, 1.0).to(step.dtype)
+    a = step * sign
+    a = a + (a.clamp_min(step_eps.__wrapped__(step.dtype)) - a).detach()
+    s = a.detach() + (a - a.detach()) * grad_scale
+    if ch_axis is not None:
+        s = s.view(broadcast_shape(v.dim(), ch_axis, s.numel()))
+    x = (v / s).clamp(-qn, qp)
+    return (x.detach().round() + (x - x.detach())) * s
+
+
 def lsq_fake_quant(v: Tensor, step: Tensor, qn: int, qp: int, grad_scale: float,
                    ch_axis: int | None = None, recompute: bool = False) -> Tensor:
     """LSQ fake quantization ``round(clip(v/s, -qn, qp)) * s`` with LSQ gradients.
@@ -200,7 +230,11 @@ def lsq_fake_quant(v: Tensor, step: Tensor, qn: int, qp: int, grad_scale: float,
     passes in the backward for not holding two ``v``-sized tensors until then (see
     ``_LSQFunction``); values and gradients are the same either way. Without autograd
     (no_grad, or nothing requires grad) this takes a cheaper path that computes the same values.
+    Inside ``torch.compile`` it is :func:`lsq_fake_quant_ops`, the same math as plain ops,
+    which inductor fuses (it compiles the hand-written Function into slower code).
     """
+    if torch.compiler.is_compiling():
+        return lsq_fake_quant_ops(v, step, qn, qp, grad_scale, ch_axis)
     if torch.is_grad_enabled() and (v.requires_grad or step.requires_grad):
         return _LSQFunction.apply(v, step, qn, qp, grad_scale, ch_axis, recompute)
     s = effective_step(step)

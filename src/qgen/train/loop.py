@@ -32,6 +32,7 @@ from qgen.data import Batches, ExampleSource, as_source
 from qgen.errors import QgenError
 from qgen.quant import param_groups
 from qgen.quant.steps import StepTracker
+from qgen.train.compiled import CompiledForward
 from qgen.train.evaluate import evaluate
 from qgen.train.resume import ResumeFile, capture_state, restore_state
 
@@ -58,6 +59,8 @@ class TrainOutcome:
     resumed_from_epoch: int | None = None
     #: training seconds spent in earlier attempts up to that epoch (0 when not resumed)
     earlier_time_s: float = 0.0
+    #: the compiled path's record (``train.compile``): compile seconds, graphs, eager steps
+    compile: dict[str, Any] | None = None
 
 
 def make_optimizer(model: nn.Module, spec: TrainSpec,
@@ -212,6 +215,7 @@ def train_model(
     if quant is not None and quant.enabled:
         tracker = StepTracker(model, quant.step_max_rel_change)
     scaler = torch.amp.GradScaler(device.type) if spec.precision == "fp16" else None
+    compiled = CompiledForward(model, device) if spec.compile else None
     outcome = TrainOutcome(status="max_epochs", epochs=0, steps=0)
     start, close = 0, False
     if resume is not None and (state := resume.load()) is not None:
@@ -234,7 +238,7 @@ def train_model(
     try:
         _train_epochs(model, loader, source, spec, optimizer, tracker, outcome, on_step,
                       on_epoch, amp=amp, scaler=scaler, start=start, close=close,
-                      save=save if resume is not None else None)
+                      save=save if resume is not None else None, compiled=compiled)
         if spec.bn_recalibration == "full" and outcome.status != "diverged":
             # the statistics the final evaluation and every later use of the model see
             recalibrate_batchnorm(model, source, spec.batch_size)
@@ -242,6 +246,8 @@ def train_model(
         if tracker is not None:
             outcome.step_sizes = tracker.report()
             outcome.step_tracking = tracker.summary()
+        if compiled is not None:
+            outcome.compile = compiled.report()
     return outcome
 
 
@@ -252,7 +258,8 @@ def _train_epochs(model: nn.Module, loader: Batches, source: ExampleSource, spec
                   on_epoch: Callable[[dict[str, Any]], None] | None, *,
                   amp: Callable[[], contextlib.AbstractContextManager[Any]],
                   scaler: torch.amp.GradScaler | None, start: int, close: bool,
-                  save: Callable[[int, bool], None] | None) -> None:
+                  save: Callable[[int, bool], None] | None,
+                  compiled: CompiledForward | None = None) -> None:
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * spec.max_epochs
     check_every = max(1, steps_per_epoch // CHECKS_PER_EPOCH_WHEN_CLOSE)
@@ -277,14 +284,21 @@ def _train_epochs(model: nn.Module, loader: Batches, source: ExampleSource, spec
             lr = _lr_at(spec, outcome.steps, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            loss = _loss(model, xb, yb, amp)
+            if compiled is None:
+                with amp():
+                    loss = F.cross_entropy(model(xb), yb)
+            else:  # the compiled step runs its backward itself (it may compile on it)
+                optimizer.zero_grad(set_to_none=True)
+                loss = compiled.step(xb, lambda fwd, xb=xb, yb=yb: _loss(fwd, xb, yb, amp),
+                                     lambda loss: _backward(loss, scaler))
             if not torch.isfinite(loss):
                 outcome.status = "diverged"
                 outcome.epochs = epoch + i / steps_per_epoch
                 outcome.history.append({"epoch": epoch + 1, "diverged_at_step": outcome.steps})
                 return
-            optimizer.zero_grad(set_to_none=True)
-            _backward(loss, scaler)
+            if compiled is None:
+                optimizer.zero_grad(set_to_none=True)
+                _backward(loss, scaler)
             if tracker is not None:
                 tracker.before_update()
             if scaler is None:

@@ -154,9 +154,9 @@ def execute_run(
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
     device = torch.device(runtime.device)
+    check_start_weights(spec, runtime.weights)  # before the data: a cheap, early error
     if splits is None:
         splits = load_data(spec.data, runtime.data_dir, download=runtime.download)
-    check_start_weights(spec, runtime.weights)
     model = build_for_spec(spec, splits.info, runtime.weights).to(device)
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if runtime.force or not runtime.resume:
@@ -202,6 +202,8 @@ def execute_run(
         result["quant"] = {"label": spec.quant.label, "layers": quant_report(model),
                            "step_sizes": outcome.step_sizes,
                            "step_tracking": outcome.step_tracking}
+    if outcome.compile is not None:
+        result["compile"] = outcome.compile
     result["health"] = training_health(outcome.history, outcome.step_sizes, outcome.status,
                                        train_m.loss)
 
