@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import json
 import os
 import pickle
@@ -38,6 +39,7 @@ from qgen.config import RunSpec, Runtime
 from qgen.store import LOCK_FILE, store_lock, write_error
 
 QGEN = [sys.executable, "-m", "qgen"]
+HAVE_VISION = all(importlib.util.find_spec(m) for m in ("torchvision", "timm", "PIL"))
 TINY = ["--dataset", "digits", "--train-subset", "100", "--model", "nin", "--depth", "1",
         "--width", "1", "--epochs", "1", "--threads", "1", "--quiet"]
 TINY_TREE = {"data": {"name": "digits", "train_subset": 100},
@@ -92,6 +94,20 @@ def _write_datasets(w: Path) -> None:
         batch = {b"labels": [0, 1], b"data": np.zeros((2, 3072), dtype=np.uint8)}
         (cifar / name).write_bytes(pickle.dumps(batch, protocol=2))
     (cifar / "data_batch_3").write_bytes(
+        pickle.dumps(_Evil(os.system, f"touch {w / 'PWNED'}"), protocol=2))
+    # image folders: one without class folders, one whose images are not images
+    for split in ("train", "val"):
+        (w / "data" / "folder_noclass" / split).mkdir(parents=True)
+        for cls in ("cat", "dog"):
+            bad = w / "data" / "folder_unreadable" / split / cls
+            bad.mkdir(parents=True)
+            (bad / "0.jpg").write_text("this is not a JPEG")
+    # checkpoints: a safetensors file of another network, and a pickle that runs code
+    from safetensors.numpy import save_file
+
+    save_file({"conv.weight": np.zeros((2, 2), dtype=np.float32)},
+              str(w / "data" / "other_net.safetensors"))
+    (w / "data" / "evil.pt").write_bytes(
         pickle.dumps(_Evil(os.system, f"touch {w / 'PWNED'}"), protocol=2))
 
 
@@ -257,6 +273,7 @@ class Case:
     args: tuple[str, ...]
     fragment: str
     needs_no_cuda: bool = False
+    needs_vision: bool = False
 
 
 def C(id: str, args: str | list[str], fragment: str, **kw: bool) -> Case:  # noqa: N802
@@ -390,6 +407,8 @@ def check_one_line(proc: subprocess.CompletedProcess, fragment: str) -> str:
 # ---- the table -----------------------------------------------------------------------------
 
 T = " ".join(TINY)
+TF = " ".join(a for a in TINY if a not in ("--train-subset", "100"))  # for image folders
+TZ = "--dataset digits --train-subset 100 --epochs 1 --threads 1 --quiet"  # for zoo models
 OUT = "--out {W}/new_runs"  # must never appear
 
 CASES = [
@@ -584,6 +603,35 @@ CASES = [
     C("report-out-is-file", "report store --out afile", "not a directory"),
     C("report-gap", "report store --out {W}/new_report --gap foo", "--gap"),
     C("report-n-boot", "report store --out {W}/new_report --n-boot -1", "--n-boot"),
+    # image folders, zoo models, start checkpoints, mixed precision, the compiled path
+    C("train-folder-no-classes", f"train {TF} --dataset folder:{{W}}/data/folder_noclass {OUT}",
+      "no class folders"),
+    C("train-folder-unreadable", f"train {TF} --dataset folder:{{W}}/data/folder_unreadable "
+      f"--set data.input_size=8 {OUT}", "cannot decode the image"),
+    C("train-folder-missing", f"train {TF} --dataset folder:{{W}}/data/nope {OUT}", "nope"),
+    C("train-imagenet-missing", f"train {TF} --dataset imagenet --data-dir {{W}}/data/empty "
+      f"{OUT}", "imagenet"),
+    C("train-zoo-unknown", f"train {T} --model tv:resnet19 {OUT}", "tv:resnet19 is not a "
+      "torchvision classification architecture", needs_vision=True),
+    C("train-zoo-prefix-unknown", f"train {T} --model keras:resnet18 {OUT}",
+      "unknown model 'keras:resnet18'"),
+    C("train-zoo-weights-mismatch", f"train {TZ} --model tv:resnet18 --set data.channels=3 "
+      f"--set data.input_size=32 --weights {{W}}/data/other_net.safetensors {OUT}",
+      "does not match tv:resnet18", needs_vision=True),
+    C("train-weights-not-checkpoint", f"train {T} --weights cfg/binary.yaml {OUT}",
+      "does not read as safetensors"),
+    C("train-weights-pickle", f"train {T} --weights {{W}}/data/evil.pt {OUT}",
+      "does not read as a torch state_dict"),
+    C("train-weights-missing", f"train {T} --weights {{W}}/data/nope.pt {OUT}",
+      "is not a file"),
+    C("train-precision-fp16-cpu", f"train {T} --set train.precision=fp16 {OUT}",
+      "needs a CUDA device", needs_no_cuda=True),
+    C("train-precision-unknown", f"train {T} --set train.precision=int8 {OUT}",
+      "train.precision"),
+    C("train-compile-not-bool", f"train {T} --set train.compile=maybe {OUT}",
+      "train.compile: must be true or false"),
+    C("write-folder-exists", "write-folder digits cfg", "already exists"),
+    C("write-folder-unknown-dataset", "write-folder nodata {W}/new_folder", "unknown dataset"),
     # the command itself
     C("no-such-command", "nosuchcommand", "No such command"),
 ]
@@ -605,6 +653,8 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(world, forker, case):
 
         if torch.cuda.is_available():
             pytest.skip("this machine has CUDA")
+    if case.needs_vision and not HAVE_VISION and not os.environ.get("QGEN_REQUIRE_VISION"):
+        pytest.skip("the vision extra (torchvision, timm) is not installed")
     before = snapshot(world)
     proc = forker.run(world, _argv(world, case.args))
     check_one_line(proc, case.fragment)
