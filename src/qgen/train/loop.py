@@ -20,7 +20,6 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,6 +33,7 @@ from qgen.quant import param_groups
 from qgen.quant.steps import StepTracker
 from qgen.train.compiled import CompiledForward
 from qgen.train.evaluate import evaluate
+from qgen.train.outcome import TrainOutcome
 from qgen.train.resume import ResumeFile, capture_state, restore_state
 
 #: an epoch's mean minibatch loss below NEAR_FACTOR × target triggers a full-train check
@@ -41,26 +41,6 @@ NEAR_FACTOR = 5.0
 #: a check below CLOSE_FACTOR × target makes the next checks four per epoch
 CLOSE_FACTOR = 2.0
 CHECKS_PER_EPOCH_WHEN_CLOSE = 4
-
-
-@dataclass
-class TrainOutcome:
-    """How training ended, and what it went through."""
-
-    status: str  # 'converged' | 'max_epochs' | 'diverged'
-    epochs: float  # fractional when stopped inside an epoch
-    steps: int
-    history: list[dict[str, Any]] = field(default_factory=list)
-    checks: list[dict[str, Any]] = field(default_factory=list)
-    #: per quantizer: initial/final step and largest relative change (StepTracker.report)
-    step_sizes: list[dict[str, Any]] = field(default_factory=list)
-    step_tracking: dict[str, Any] = field(default_factory=dict)
-    #: the completed epochs a resumed run continued from (None: trained from the start)
-    resumed_from_epoch: int | None = None
-    #: training seconds spent in earlier attempts up to that epoch (0 when not resumed)
-    earlier_time_s: float = 0.0
-    #: the compiled path's record (``train.compile``): compile seconds, graphs, eager steps
-    compile: dict[str, Any] | None = None
 
 
 def make_optimizer(model: nn.Module, spec: TrainSpec,

@@ -34,7 +34,7 @@ from qgen.errors import QgenError
 
 if TYPE_CHECKING:
     from qgen.quant.steps import StepTracker
-    from qgen.train.loop import TrainOutcome
+    from qgen.train.outcome import TrainOutcome
 
 #: the layout of a resume file; a file of another format is discarded
 RESUME_FORMAT = 1
