@@ -180,13 +180,31 @@ def bench_ops(batch: int, repeats: int, device: torch.device, sync: Callable[[],
           f"(target <= 1.0)")
 
 
-def train_step(model: nn.Module, opt: torch.optim.Optimizer,
+def train_step(forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.optim.Optimizer,
                batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """One SGD step on the next batch."""
+    """One SGD step on the next batch through ``forward`` (a model or its compiled form)."""
     x, y = next(batches)
     opt.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
+    F.cross_entropy(forward(x), y).backward()
     opt.step()
+
+
+def fp_and_quantized(batch: int, device: torch.device
+                     ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
+                                list[tuple[str, nn.Module, nn.Module]]]:
+    """Four random 32×32×3 batches, and for NiN (depth 2, width 2) and ResNet-20 a float
+    model with its W4A4 copy (first/last layer 8-bit), on ``device``."""
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(batch, 3, 32, 32, generator=gen).to(device),
+                torch.randint(0, 10, (batch,), generator=gen).to(device)) for _ in range(4)]
+    nets = []
+    for label, spec in (("nin d2 w2", ModelSpec("nin", 2, 2)),
+                        ("resnet20", ModelSpec("resnet", 20, 1))):
+        torch.manual_seed(0)
+        fp = build_model(spec, 3, 10, 32).to(device)
+        nets.append((label, fp, quantize_model(copy.deepcopy(fp),
+                                               QuantSpec(w_bits=BITS, a_bits=BITS))))
+    return batches, nets
 
 
 def bench_train(batch: int, steps: int, device: torch.device, sync: Callable[[], None],
@@ -196,14 +214,8 @@ def bench_train(batch: int, steps: int, device: torch.device, sync: Callable[[],
     print(f"\n## 2. training step, W{BITS}A{BITS} (first/last 8-bit) vs FP, 32x32x3, "
           f"batch {batch}, {device}, {mode} (median of {steps}, milliseconds)")
     print("'unfused' is the same LSQ written as separate autograd ops (naive_lsq), for scale.")
-    gen = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(batch, 3, 32, 32, generator=gen).to(device),
-                torch.randint(0, 10, (batch,), generator=gen).to(device)) for _ in range(4)]
-    for label, spec in (("nin d2 w2", ModelSpec("nin", 2, 2)),
-                        ("resnet20", ModelSpec("resnet", 20, 1))):
-        torch.manual_seed(0)
-        fp = build_model(spec, 3, 10, 32).to(device)
-        q = quantize_model(copy.deepcopy(fp), QuantSpec(w_bits=BITS, a_bits=BITS))
+    batches, nets = fp_and_quantized(batch, device)
+    for label, fp, q in nets:
         if keep_masks:
             for _, quantizer in quantizers(q):
                 quantizer.recompute = False
@@ -227,14 +239,8 @@ def bench_compiled(batch: int, steps: int, device: torch.device,
     steps and a compiled warm-up (compile time reported separately)."""
     print(f"\n## 3. compiled training step (torch.compile, inductor), W{BITS}A{BITS} (first/last "
           f"8-bit) and FP, 32x32x3, batch {batch}, {device} (median of {steps}, milliseconds)")
-    gen = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(batch, 3, 32, 32, generator=gen).to(device),
-                torch.randint(0, 10, (batch,), generator=gen).to(device)) for _ in range(4)]
-    for label, spec in (("nin d2 w2", ModelSpec("nin", 2, 2)),
-                        ("resnet20", ModelSpec("resnet", 20, 1))):
-        torch.manual_seed(0)
-        fp = build_model(spec, 3, 10, 32).to(device)
-        q = quantize_model(copy.deepcopy(fp), QuantSpec(w_bits=BITS, a_bits=BITS))
+    batches, nets = fp_and_quantized(batch, device)
+    for label, fp, q in nets:
         models = {"eager FP": fp, "eager W4A4": q, "compiled FP": copy.deepcopy(fp),
                   "compiled W4A4": copy.deepcopy(q)}
         fns, compile_s = [], {}
@@ -245,10 +251,10 @@ def bench_compiled(batch: int, steps: int, device: torch.device,
             if name.startswith("compiled"):
                 fwd = torch.compile(model, dynamic=False)
                 t0 = time.perf_counter()
-                train_step_with(fwd, opt, iter(batches))  # compiles forward and backward
+                train_step(fwd, opt, iter(batches))  # compiles forward and backward
                 sync()
                 compile_s[name] = time.perf_counter() - t0
-            fns.append(functools.partial(train_step_with, fwd, opt, itertools.cycle(batches)))
+            fns.append(functools.partial(train_step, fwd, opt, itertools.cycle(batches)))
         times = dict(zip(models, timed_alternating(fns, steps, sync), strict=True))
         cells = "  ".join(f"{k} {v * 1e3:7.1f}" for k, v in times.items())
         print(f"{label:10s} {cells}")
@@ -257,15 +263,6 @@ def bench_compiled(batch: int, steps: int, device: torch.device,
               f"compiled W4A4 / eager FP {cq / ef:5.2f} (goal <= 1.0)   "
               f"eager W4A4 / eager FP {times['eager W4A4'] / ef:5.2f}   compile s: "
               f"FP {compile_s['compiled FP']:.1f}, W4A4 {compile_s['compiled W4A4']:.1f}")
-
-
-def train_step_with(forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.optim.Optimizer,
-                    batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """One SGD step on the next batch through ``forward`` (a model or its compiled form)."""
-    x, y = next(batches)
-    opt.zero_grad(set_to_none=True)
-    F.cross_entropy(forward(x), y).backward()
-    opt.step()
 
 
 def main() -> None:

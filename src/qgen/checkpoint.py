@@ -45,3 +45,23 @@ def read_metadata(path: str | Path) -> dict[str, str]:
             return dict(fh.metadata() or {})
     except Exception as exc:  # safetensors raises several types for a damaged header
         raise QgenError(f"{path}: corrupt or unreadable safetensors file ({exc})") from exc
+
+
+def state_mismatch(expected: Mapping[str, torch.Tensor],
+                   state: Mapping[str, torch.Tensor]) -> str | None:
+    """How ``state`` differs from ``expected`` (a model's state dict) in names and shapes, as
+    a short phrase naming the first tensor of each kind ("3 tensors missing (e.g. fc.weight);
+    …"), or None when every tensor is there with its shape and nothing else is."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensors missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} tensors not in the model (e.g. {unexpected[0]})")
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)}, "
+                     f"the model has {tuple(expected[k].shape)})")
+    return "; ".join(parts) or None

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qgen.checkpoint import state_mismatch
 from qgen.config import ModelSpec
 from qgen.errors import QgenError
 
@@ -217,18 +218,7 @@ def load_weights(model: nn.Module, path: str | Path, name: str) -> None:
     shapes), or a one-line QgenError saying how it does not match ``name``."""
     state = read_state_dict(path)
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} tensors missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} not in the model (e.g. {unexpected[0]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)}, "
-                         f"the model has {tuple(expected[k].shape)})")
-        raise QgenError(f"--weights: {path} does not match {name} ({'; '.join(parts)})")
+    problem = state_mismatch(expected, state)
+    if problem:
+        raise QgenError(f"--weights: {path} does not match {name} ({problem})")
     model.load_state_dict({k: state[k].to(expected[k].dtype) for k in expected})

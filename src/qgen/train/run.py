@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import qgen
-from qgen.checkpoint import read_metadata, save_tensors
+from qgen.checkpoint import read_metadata, save_tensors, state_mismatch
 from qgen.config import RunSpec, Runtime
 from qgen.data import DatasetInfo, Splits, get_dataset, load_data
 from qgen.errors import QgenError
@@ -264,22 +264,10 @@ def load_run_model(run: RunDir | str | Path, which: str = "final",
 def check_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     """A QgenError (one line) unless ``state`` has exactly the model's tensors and shapes,
     e.g. full-precision weights in a 4-bit run's directory, or the reverse."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if not (missing or unexpected or wrong):
+    problem = state_mismatch(model.state_dict(), state)
+    if problem is None:
         return
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} tensors missing (e.g. {missing[0]})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} tensors not in the model (e.g. {unexpected[0]})")
-    if wrong:
-        k = wrong[0]
-        parts.append(f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)}, "
-                     f"the model has {tuple(expected[k].shape)})")
-    raise QgenError(f"{path}: weights do not match the run's spec ({'; '.join(parts)}); "
+    raise QgenError(f"{path}: weights do not match the run's spec ({problem}); "
                     "were they copied from another run?")
 
 
