@@ -341,7 +341,7 @@ def test_w2a2_nin_trains_on_fashion_mnist():
     """A real short run: 2-bit weights and activations (8-bit ends), 2,000 Fashion-MNIST
     images, 100 SGD steps; the training loss must fall clearly."""
     from qgen import data
-    if not data.dataset_available("fashion-mnist"):
+    if not data.dataset_available("fashion-mnist")[0]:
         pytest.skip("Fashion-MNIST is not installed (Debian package dataset-fashion-mnist)")
     from qgen.config import DataSpec
     splits = data.load_data(DataSpec(name="fashion-mnist", train_subset=2000, test_subset=10))
