@@ -206,8 +206,11 @@ def lsq_fake_quant_ops(v: Tensor, step: Tensor, qn: int, qp: int, grad_scale: fl
       through, as in the Function;
     - the step-gradient scale g as ``s.detach() + (s - s.detach()) * g``: the value is ``s``
       exactly (the second term is an exact zero) and the gradient is g;
+    - the clip as ``where(inside, v / s, clamp(v / s).detach())`` with ``inside`` the range
+      ends included, as the Function's mask (not torch's clamp gradient, whose behaviour at
+      the ends changed between releases);
     - the straight-through round as ``round(x).detach() + (x - x.detach())``: the value is
-      ``round(x)`` exactly, the gradient that of ``x = clamp(v / s)`` (1 inside the range for
+      ``round(x)`` exactly, the gradient that of the clipped ``x`` (1 inside the range for
       ``v``; for ``s``, ``-v/s`` inside, which with the product rule gives LSQ's
       ``round(v/s) - v/s`` inside and the clip bound outside).
     """
@@ -217,7 +220,10 @@ def lsq_fake_quant_ops(v: Tensor, step: Tensor, qn: int, qp: int, grad_scale: fl
     s = a.detach() + (a - a.detach()) * grad_scale
     if ch_axis is not None:
         s = s.view(broadcast_shape(v.dim(), ch_axis, s.numel()))
-    x = (v / s).clamp(-qn, qp)
+    x = v / s
+    # the clip with LSQ's mask written out (inside the range, ends included): torch's own
+    # clamp gradient at the ends has changed between releases
+    x = torch.where((x >= -qn) & (x <= qp), x, x.clamp(-qn, qp).detach())
     return (x.detach().round() + (x - x.detach())) * s
 
 
