@@ -78,31 +78,28 @@ class CompiledForward:
              backward: Callable[[Tensor], None]) -> Tensor:
         """``loss = loss_of(forward)`` (``forward`` the compiled model, or the model itself
         while quantizers start their steps), then ``backward(loss)`` when the loss is finite;
-        returns the loss. Compilation errors become one QgenError line."""
-        if not self._ready():
-            self.eager_steps += 1
-            loss = loss_of(self.model)
-            if torch.isfinite(loss):
-                backward(loss)
-            return loss
+        returns the loss. A step on a new input shape compiles (its time is counted), and a
+        compilation error becomes one QgenError line."""
+        ready = self._ready()
         shape = tuple(xb.shape)
-        if shape in self.shapes:
-            loss = loss_of(self.compiled)
-            if torch.isfinite(loss):
-                backward(loss)
-            return loss
+        new = ready and shape not in self.shapes
         t0 = time.perf_counter()
         try:
-            loss = loss_of(self.compiled)
+            loss = loss_of(self.compiled if ready else self.model)
             if torch.isfinite(loss):
                 backward(loss)  # the backward graph compiles on its first call
         except QgenError:
             raise
         except Exception as exc:  # inductor's and dynamo's errors have no common base
+            if not new:
+                raise
             raise QgenError(f"train.compile: torch.compile failed ({type(exc).__name__}: "
                             f"{_first_line(exc)}); {_HINT}") from None
-        self.compile_s += time.perf_counter() - t0
-        self.shapes.add(shape)
+        if not ready:
+            self.eager_steps += 1
+        elif new:
+            self.compile_s += time.perf_counter() - t0
+            self.shapes.add(shape)
         return loss
 
     def report(self) -> dict[str, Any]:

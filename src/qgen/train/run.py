@@ -94,9 +94,7 @@ def spec_with_weights(spec: RunSpec, weights: str | Path | None) -> RunSpec:
         return spec
     from qgen.models.zoo import WEIGHTS_OPTION, file_sha256, read_state_dict
 
-    if not Path(weights).is_file():
-        raise QgenError(f"--weights: {weights} is not a file")
-    read_state_dict(weights)  # fails early, in one line, on a file that is not a checkpoint
+    read_state_dict(weights)  # fails early, in one line, on a missing file or a non-checkpoint
     options = {**dict(spec.model.options), WEIGHTS_OPTION: file_sha256(weights)}
     return spec.replace(model=spec.model.replace(options=options))
 
